@@ -1,0 +1,175 @@
+"""DAE-Former (HSA-Unet): Dual Attention-guided Efficient Transformer, arXiv 2212.13504.
+
+A U-shaped pure transformer: a 3-stage encoder of dual-attention blocks, a decoder that fuses
+each encoder skip through Skip Connection Cross Attention, and a 4x sub-pixel head. The
+defaults build the published Synapse configuration, whose checkpoint loads strictly.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from networks.blocks import (
+    DualAttentionBlock,
+    PatchEmbed,
+    PatchExpand,
+    SkipCrossAttention,
+    check_input,
+)
+
+# Modules the reference builds in its 14x14 decoder layer but never calls. Their tensors are in
+# the published checkpoint; they are dropped when loading, never built.
+UNUSED_REFERENCE_MODULES = re.compile(r"decoder_2\.(x1_linear|cross_attn|concat_linear|layer_former_\d+)\.")
+
+# (kernel, stride) of the three overlapping patch embeddings; total stride 4 * 2 * 2 = 16.
+PATCH_EMBEDDINGS = ((7, 4), (3, 2), (3, 2))
+INPUT_DIVISOR = 16
+FINAL_UPSCALE = 4
+
+
+class Encoder(nn.Module):
+    """Three stages of patch embedding, dual-attention blocks and a LayerNorm.
+
+    (B, Cin, H, W) -> three skips (B, H/4 * W/4, d0), (B, H/8 * W/8, d1), (B, H/16 * W/16, d2).
+    """
+
+    def __init__(self, in_chans: int, dims: tuple[int, int, int], depths: tuple[int, int, int], heads: int) -> None:
+        super().__init__()
+        # Registration order (all embeddings first) follows the published state dict.
+        channels = (in_chans, *dims[:-1])
+        for stage, ((kernel, stride), cin, dim) in enumerate(zip(PATCH_EMBEDDINGS, channels, dims), 1):
+            self.add_module(f"patch_embed{stage}", PatchEmbed(cin, dim, kernel, stride))
+        for stage, (dim, depth) in enumerate(zip(dims, depths), 1):
+            self.add_module(f"block{stage}", nn.ModuleList(DualAttentionBlock(dim, heads) for _ in range(depth)))
+            self.add_module(f"norm{stage}", nn.LayerNorm(dim))
+
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+        skips = []
+        for stage in range(1, len(PATCH_EMBEDDINGS) + 1):
+            x, height, width = getattr(self, f"patch_embed{stage}")(x)
+            for block in getattr(self, f"block{stage}"):
+                x = block(x, height, width)
+            x = getattr(self, f"norm{stage}")(x)
+            skips.append((x, height, width))
+            x = x.transpose(1, 2).unflatten(2, (height, width))
+        return skips
+
+
+class DecoderStage(nn.Module):
+    """One decoder level: fuse the skip (SCCA), two dual-attention blocks, upsample.
+
+    (B, N, in_dim) path and (B, N, dim) skip -> (B, 4N, dim/2) tokens, or, for the last stage,
+    (B, num_classes, 4H, 4W) logits.
+    """
+
+    def __init__(self, in_dim: int, dim: int, heads: int, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.x1_linear = nn.Linear(in_dim, dim)
+        self.cross_attn = SkipCrossAttention(dim)
+        self.concat_linear = nn.Linear(2 * dim, dim)
+        if num_classes is None:
+            self.layer_up = PatchExpand(dim, dim // 2, scale=2)
+            self.last_layer = None
+        else:
+            self.layer_up = PatchExpand(dim, dim, scale=FINAL_UPSCALE)
+            self.last_layer = nn.Conv2d(dim, num_classes, 1)
+        self.layer_former_1 = DualAttentionBlock(dim, heads)
+        self.layer_former_2 = DualAttentionBlock(dim, heads)
+
+    def forward(self, path: torch.Tensor, skip: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        x = self.concat_linear(self.cross_attn(self.x1_linear(path), skip, height, width))
+        x = self.layer_former_2(self.layer_former_1(x, height, width), height, width)
+        x = self.layer_up(x, height, width)
+        if self.last_layer is None:
+            return x
+        scale = self.layer_up.scale
+        return self.last_layer(x.transpose(1, 2).unflatten(2, (scale * height, scale * width)))
+
+
+class BottleneckExpand(nn.Module):
+    """The 14x14 level of the published decoder: a 2x patch expansion only."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.layer_up = PatchExpand(dim, dim // 2, scale=2)
+
+    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.layer_up(x, height, width)
+
+
+class DAEFormer(nn.Module):
+    """DAE-Former segmentation network.
+
+    Args:
+        num_classes: output channels (background included); 9 for Synapse.
+        img_size: nominal input size, recorded for the scripts; any height and width that are
+            multiples of 16 are accepted at run time.
+        in_chans: input channels of the first patch embedding; a 1-channel batch is repeated.
+        dims: channels of the three encoder stages (published: 128, 320, 512).
+        depths: dual-attention blocks per encoder stage (published: 2, 2, 2).
+        heads: channel-attention heads of every block (published: 8).
+
+    Shapes: (B, 1 or in_chans, H, W) -> logits (B, num_classes, H, W), no softmax.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 9,
+        img_size: int = 224,
+        in_chans: int = 3,
+        dims: tuple[int, int, int] = (128, 320, 512),
+        depths: tuple[int, int, int] = (2, 2, 2),
+        heads: int = 8,
+    ) -> None:
+        super().__init__()
+        dims, depths = tuple(dims), tuple(depths)
+        if num_classes < 1:
+            raise ValueError(f"DAEFormer: num_classes must be at least 1, got {num_classes}")
+        if len(dims) != 3 or len(depths) != 3:
+            raise ValueError(f"DAEFormer: dims and depths need 3 entries each, got dims={dims}, depths={depths}")
+        if any(dim % heads for dim in dims) or dims[1] % 2 or dims[2] % 2:
+            raise ValueError(
+                f"DAEFormer: every entry of dims={dims} must be divisible by heads={heads}, "
+                "and dims[1], dims[2] by 2"
+            )
+        if min(depths) < 0:
+            raise ValueError(f"DAEFormer: depths must be non-negative, got {depths}")
+        if img_size % INPUT_DIVISOR:
+            raise ValueError(f"DAEFormer: img_size must be a multiple of {INPUT_DIVISOR}, got {img_size}")
+        self.num_classes = num_classes
+        self.img_size = img_size
+        self.in_chans = in_chans
+        self.backbone = Encoder(in_chans, dims, depths, heads)
+        self.decoder_2 = BottleneckExpand(dims[2])
+        self.decoder_1 = DecoderStage(dims[2] // 2, dims[1], heads)
+        self.decoder_0 = DecoderStage(dims[1] // 2, dims[0], heads, num_classes=num_classes)
+        for decoder in (self.decoder_2, self.decoder_1, self.decoder_0):
+            decoder.apply(_init_decoder_weights)
+        self.register_load_state_dict_pre_hook(_drop_unused_reference_tensors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self.in_chans, INPUT_DIVISOR, type(self).__name__)
+        (skip0, h0, w0), (skip1, h1, w1), (bottom, h2, w2) = self.backbone(x)
+        x = self.decoder_2(bottom, h2, w2)
+        x = self.decoder_1(x, skip1, h1, w1)
+        return self.decoder_0(x, skip0, h0, w0)
+
+
+def _init_decoder_weights(module: nn.Module) -> None:
+    # The reference initialises its decoder this way; the encoder keeps PyTorch's defaults.
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _drop_unused_reference_tensors(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        if UNUSED_REFERENCE_MODULES.match(key[len(prefix) :]):
+            del state_dict[key]
