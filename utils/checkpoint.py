@@ -1,0 +1,135 @@
+"""Checkpoints: one naming scheme, atomic writes, safe loading, and the published weights.
+
+A checkpoint of this repository describes itself: besides the weights it stores the network's
+``--module`` path and constructor arguments, so ``test.py`` rebuilds the network without being
+told. The published DAE-Former weights are a plain state dict; they load too, given ``--module``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.loader import build_network
+
+FORMAT = "hsa-unet-checkpoint-v1"
+LAST = "last.pth"
+BEST = "best.pth"
+# DataParallel / DistributedDataParallel prefix every key of a saved state dict with this.
+WRAPPER_PREFIX = "module."
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, corrupt, untrusted or does not fit the network."""
+
+
+def epoch_checkpoint_name(model_name: str, epoch: int) -> str:
+    """The periodic checkpoint of 0-based ``epoch``, named as the published code names it."""
+    return f"{model_name}_epoch_{epoch}.pth"
+
+
+def find_checkpoint(output_dir: str | Path, model_name: str, max_epochs: int) -> Path:
+    """The checkpoint ``test.py`` evaluates when no ``--ckpt`` is given: ``best.pth``, else the
+    final periodic checkpoint, else ``last.pth`` -- the same names ``train.py`` writes."""
+    output_dir = Path(output_dir)
+    candidates = [output_dir / BEST, output_dir / epoch_checkpoint_name(model_name, max_epochs - 1), output_dir / LAST]
+    for path in candidates:
+        if path.is_file():
+            return path
+    names = ", ".join(p.name for p in candidates)
+    raise CheckpointError(f"no checkpoint in {output_dir} (looked for {names}); pass --ckpt PATH or the --output_dir of a training run")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically: to a temporary file beside ``path``, then rename, so an
+    interrupted write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, so a file
+    that would run code when unpickled is refused and its code never runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check --ckpt / --resume")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain containers, which "
+            f"could run code when unpickled ({first_line}); only load checkpoints from a source you trust, "
+            "re-saved as a plain state dict"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {error}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint or a state dict")
+    return payload
+
+
+def is_self_describing(payload: dict[str, Any]) -> bool:
+    """True for a checkpoint written by ``train.py`` (not a bare state dict)."""
+    return payload.get("format") == FORMAT
+
+
+def strip_wrapper_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix that a multi-GPU run of the reference puts on every key."""
+    if state_dict and all(key.startswith(WRAPPER_PREFIX) for key in state_dict):
+        return {key[len(WRAPPER_PREFIX) :]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state_dict`` strictly, turning a mismatch into one line that names the tensors."""
+    if not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise CheckpointError(f"{source} is not a state dict: some values are not tensors")
+    try:
+        model.load_state_dict(strip_wrapper_prefix(state_dict), strict=True)
+    except RuntimeError as error:
+        details = " ".join(str(error).split())
+        raise CheckpointError(
+            f"the weights in {source} do not fit {type(model).__name__} (wrong --module or --num_classes?): {details}"
+        ) from None
+
+
+def model_from_checkpoint(
+    path: str | Path, module: str | None = None, kwargs: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a network and load its weights.
+
+    A checkpoint of this repository rebuilds its own network (``module`` and ``kwargs``, when
+    given, must agree with it); a plain state dict -- the published DAE-Former weights -- needs
+    ``module`` and ``kwargs``. Returns the network and the loaded payload.
+    """
+    payload = load_checkpoint(path)
+    if is_self_describing(payload):
+        if module is not None and module != payload["module"]:
+            raise CheckpointError(f"{path} holds a {payload['module']} network but --module {module} was given; drop --module")
+        model = build_network(payload["module"], payload["model_kwargs"])
+        load_weights(model, payload["model"], path)
+        return model, payload
+    if module is None:
+        raise CheckpointError(f"{path} is a plain state dict that does not say which network it is for; pass --module")
+    model = build_network(module, kwargs or {})
+    load_weights(model, payload, path)
+    return model, {"module": module, "model_kwargs": kwargs or {}}

@@ -1,0 +1,95 @@
+"""Slice-wise inference of a 2D network over 3D volumes, exactly per the evaluation protocol.
+
+Each axial slice (first axis) is resized to the network's input size with cubic interpolation
+and normalised exactly as in training (``datasets.synapse.preprocess_slice``), the network's
+argmax is resized back with nearest-neighbour interpolation. Slices go through the network in
+batches; the result equals one-slice-at-a-time prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasets.synapse import preprocess_slice, resize_label
+from utils.metrics import metrics_for_classes
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``--amp bf16|fp16``, a no-op for ``off``."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(image: np.ndarray, img_size: tuple[int, int], batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, image.shape[0], batch_size):
+        yield np.stack([preprocess_slice(s, img_size) for s in image[start : start + batch_size]])
+
+
+@torch.inference_mode()
+def predict_volume(
+    model: nn.Module,
+    image: np.ndarray,
+    img_size: tuple[int, int],
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: str = "off",
+) -> np.ndarray:
+    """Predict a label volume slice by slice.
+
+    Args:
+        model: network in eval mode, mapping (B, 1, h, w) to logits (B, C, h, w).
+        image: (D, H, W) volume with intensities in [0, 1].
+        img_size: (h, w) the network's input size.
+        batch_size: slices per forward pass.
+        device: where the network runs.
+        amp: "off", "bf16" or "fp16" autocast.
+
+    Returns:
+        (D, H, W) uint8 label volume.
+    """
+    device = torch.device(device)
+    height, width = image.shape[1:]
+    prediction = np.zeros(image.shape, dtype=np.uint8)
+    done = 0
+    for batch in _batches(image, img_size, batch_size):
+        x = torch.from_numpy(batch).unsqueeze(1).to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        labels = logits.argmax(dim=1).to("cpu", torch.uint8).numpy()
+        for offset, label in enumerate(labels):
+            prediction[done + offset] = resize_label(label, (height, width))
+        done += len(labels)
+    return prediction
+
+
+def evaluate_volume(
+    model: nn.Module,
+    case: dict,
+    num_classes: int,
+    img_size: tuple[int, int],
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    amp: str = "off",
+    convention: str = "published",
+    spacing: tuple[float, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict one labelled case and score it.
+
+    Args:
+        case: ``{"image": (D, H, W), "label": (D, H, W), ...}`` as the volume readers give.
+        spacing: (z, y, x) mm for HD95 in mm; None for voxel units (the published convention).
+
+    Returns:
+        The (D, H, W) prediction and a (num_classes - 1, 2) array of (Dice, HD95) per class.
+    """
+    prediction = predict_volume(model, case["image"], img_size, batch_size, device, amp)
+    return prediction, metrics_for_classes(prediction, case["label"], num_classes, spacing=spacing, convention=convention)
