@@ -1,0 +1,183 @@
+"""Split lists for Synapse-format data: the standard split, and lists for a user's own folder.
+
+A data folder in the Synapse format holds ``train_npz/caseXXXX_sliceNNN.npz`` (one axial slice
+per file) and ``test_vol_h5/caseXXXX.npy.h5`` (one volume per file). The readers in
+``datasets.synapse`` read the names to use from list files, one name per line, without the
+extension:
+
+- ``train.txt``: slice names, e.g. ``case0005_slice000``, sorted by case, then by slice index.
+- ``test_vol.txt``: case names, e.g. ``case0008``.
+
+``standard_synapse_split`` is the split every Synapse paper uses (the TransUNet lists);
+``write_synapse_lists`` writes lists for whatever a folder holds.
+
+CLI, to write lists for your own data folder, or to regenerate the committed standard lists::
+
+    python -m datasets.lists --root data/Synapse --out lists/my_lists
+    python -m datasets.lists --standard --out lists/lists_Synapse
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Sequence
+
+TRAIN_DIR = "train_npz"
+TEST_DIR = "test_vol_h5"
+TRAIN_LIST = "train.txt"
+TEST_LIST = "test_vol.txt"
+ALL_LIST = "all.lst"
+SLICE_SUFFIX = ".npz"
+VOLUME_SUFFIX = ".npy.h5"
+
+_SLICE_NAME = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
+SLICE_DIGITS = 3  # slice numbers are written 3-digit, 0-based: case0005_slice007
+
+# The standard split (TransUNet's lists/lists_Synapse), from the published list files.
+# Test cases in the published order: metrics tables and logs list cases in this order.
+STANDARD_TEST_CASES: tuple[str, ...] = (
+    "case0008", "case0022", "case0038", "case0036", "case0032", "case0002",
+    "case0029", "case0003", "case0001", "case0004", "case0025", "case0035",
+)
+# Training case -> number of axial slices; every slice of each case is in train.txt.
+STANDARD_TRAIN_SLICE_COUNTS: dict[str, int] = {
+    "case0005": 117, "case0006": 131, "case0007": 163, "case0009": 149, "case0010": 148,
+    "case0021": 143, "case0023": 96, "case0024": 124, "case0026": 131, "case0027": 88,
+    "case0028": 89, "case0030": 153, "case0031": 93, "case0033": 104, "case0034": 98,
+    "case0037": 99, "case0039": 90, "case0040": 195,
+}
+
+
+def slice_name(case: str, index: int) -> str:
+    """The file stem of slice ``index`` (0-based) of ``case``, e.g. ``case0005_slice007``."""
+    return f"{case}_slice{index:0{SLICE_DIGITS}d}"
+
+
+def parse_slice_name(name: str) -> tuple[str, int]:
+    """Split a slice name ``caseXXXX_sliceNNN`` into ``(case, slice index)``.
+
+    Raises:
+        ValueError: the name does not end in ``_slice`` followed by digits.
+    """
+    match = _SLICE_NAME.match(name)
+    if match is None:
+        raise ValueError(
+            f"slice name {name!r} is not of the form CASE_sliceNNN (e.g. case0005_slice000); "
+            "rename the file or fix the list"
+        )
+    return match.group("case"), int(match.group("index"))
+
+
+def sort_slice_names(names: Sequence[str]) -> list[str]:
+    """Sort slice names by case, then by numeric slice index (so slice 1000 follows 999)."""
+    return sorted(names, key=parse_slice_name)
+
+
+def standard_synapse_split() -> dict[str, list[str]]:
+    """The standard Synapse split, as the published ``lists/lists_Synapse`` files hold it.
+
+    Returns:
+        ``{"train": [...], "test": [...], "all": [...]}`` where ``train`` holds the 2211 slice
+        names of the 18 training cases (sorted by case, then slice), ``test`` the 12 test case
+        names in the published order and ``all`` the 30 volume file names
+        ``caseXXXX.npy.h5`` of both sets, sorted.
+    """
+    train = [
+        slice_name(case, index)
+        for case in sorted(STANDARD_TRAIN_SLICE_COUNTS)
+        for index in range(STANDARD_TRAIN_SLICE_COUNTS[case])
+    ]
+    cases = sorted([*STANDARD_TRAIN_SLICE_COUNTS, *STANDARD_TEST_CASES])
+    return {
+        "train": train,
+        "test": list(STANDARD_TEST_CASES),
+        "all": [case + VOLUME_SUFFIX for case in cases],
+    }
+
+
+def write_list(path: str | Path, names: Sequence[str]) -> Path:
+    """Write ``names`` to ``path``, one per line (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(name + "\n" for name in names))
+    return path
+
+
+def write_standard_lists(list_dir: str | Path) -> tuple[Path, Path, Path]:
+    """Write the standard split's train.txt, test_vol.txt and all.lst into ``list_dir``."""
+    split = standard_synapse_split()
+    list_dir = Path(list_dir)
+    return (
+        write_list(list_dir / TRAIN_LIST, split["train"]),
+        write_list(list_dir / TEST_LIST, split["test"]),
+        write_list(list_dir / ALL_LIST, split["all"]),
+    )
+
+
+def _stems(folder: Path, suffix: str) -> list[str]:
+    """Names of the files ``folder/*suffix`` with the suffix removed; error if none."""
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"data folder {folder} does not exist; a Synapse-format root holds "
+            f"{TRAIN_DIR}/ and {TEST_DIR}/ (convert raw BTCV data with "
+            "python -m datasets.prepare_synapse)"
+        )
+    stems = [path.name[: -len(suffix)] for path in folder.glob("*" + suffix) if path.is_file()]
+    if not stems:
+        raise FileNotFoundError(f"data folder {folder} holds no *{suffix} files; check --root")
+    return stems
+
+
+def write_synapse_lists(data_root: str | Path, list_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``train.txt`` and ``test_vol.txt`` for the files a Synapse-format folder holds.
+
+    Args:
+        data_root: folder with ``train_npz/*.npz`` and ``test_vol_h5/*.npy.h5``.
+        list_dir: folder to write the lists into (created if needed).
+
+    Returns:
+        The paths of ``train.txt`` (slice names, sorted by case then slice index) and
+        ``test_vol.txt`` (case names, sorted).
+
+    Raises:
+        FileNotFoundError: a folder is missing or holds no files of its kind.
+        ValueError: a training file name is not ``CASE_sliceNNN.npz``.
+    """
+    data_root = Path(data_root)
+    train = sort_slice_names(_stems(data_root / TRAIN_DIR, SLICE_SUFFIX))
+    test = sorted(_stems(data_root / TEST_DIR, VOLUME_SUFFIX))
+    list_dir = Path(list_dir)
+    return write_list(list_dir / TRAIN_LIST, train), write_list(list_dir / TEST_LIST, test)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.lists",
+        description="Write train.txt and test_vol.txt for a Synapse-format data folder.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", type=Path,
+                        help="data folder holding train_npz/ and test_vol_h5/: list its files")
+    source.add_argument("--standard", action="store_true",
+                        help="write the standard Synapse split (train.txt, test_vol.txt, all.lst)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the lists into")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.standard:
+            written = write_standard_lists(args.out)
+        else:
+            written = write_synapse_lists(args.root, args.out)
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
+if __name__ == "__main__":
+    main()

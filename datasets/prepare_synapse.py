@@ -1,0 +1,275 @@
+"""Convert the raw BTCV abdomen CT (MICCAI 2015 "Beyond the Cranial Vault") to the Synapse format.
+
+Input: ``RAW/img00XX.nii.gz`` with ``RAW/label00XX.nii.gz``, either side by side or in
+``RAW/img/`` and ``RAW/label/``. For each case, as TransUNet's preprocessing:
+
+1. read with SimpleITK; the array axes are (z, y, x), so axial slices run along the first axis;
+2. clip intensities to [-125, 275] HU, then min-max normalise the clipped volume to [0, 1];
+3. keep the 8 organs of the benchmark and renumber BTCV's ids to Synapse's (other organs -> 0);
+4. test cases of the standard split -> ``OUT/test_vol_h5/caseXXXX.npy.h5`` (datasets ``image``
+   and ``label``, float32 (D, H, W), attribute ``spacing`` = (z, y, x) mm); all other cases ->
+   ``OUT/train_npz/caseXXXX_sliceNNN.npz`` (``image``, ``label`` float32 (H, W), NNN 0-based).
+   Cases outside the standard split also go to training (the log says which).
+5. write ``train.txt`` and ``test_vol.txt`` for the converted files into ``--list_dir``.
+
+Usage::
+
+    python -m datasets.prepare_synapse --raw RawData/Training --out data/Synapse
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from datasets.lists import (
+    STANDARD_TEST_CASES,
+    STANDARD_TRAIN_SLICE_COUNTS,
+    TEST_DIR,
+    TEST_LIST,
+    TRAIN_DIR,
+    SLICE_SUFFIX,
+    TRAIN_LIST,
+    VOLUME_SUFFIX,
+    slice_name,
+    write_list,
+    write_synapse_lists,
+)
+from datasets.synapse import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError
+
+logger = logging.getLogger(__name__)
+
+HU_MIN = -125.0  # soft-tissue window used by every Synapse paper
+HU_MAX = 275.0
+BTCV_NUM_LABELS = 14  # background + 13 organs
+# BTCV organ id -> Synapse class id; the five organs not listed become background.
+BTCV_TO_SYNAPSE = {
+    8: 1,  # aorta
+    4: 2,  # gallbladder
+    3: 3,  # left kidney
+    2: 4,  # right kidney
+    6: 5,  # liver
+    11: 6,  # pancreas
+    1: 7,  # spleen
+    7: 8,  # stomach
+}
+_IMAGE_FILE = re.compile(r"^img(\d+)\.nii(\.gz)?$")
+_LABEL_FILE = re.compile(r"^label(\d+)\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class RawCase:
+    """One raw BTCV case: its Synapse name (e.g. case0001) and NIfTI files."""
+
+    name: str
+    image: Path
+    label: Path
+
+
+def _case_name(number: str) -> str:
+    return f"case{int(number):04d}"
+
+
+def _scan(folders: Sequence[Path], pattern: re.Pattern) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            match = pattern.match(path.name)
+            if match and path.is_file():
+                found.setdefault(_case_name(match.group(1)), path)
+    return found
+
+
+def find_raw_cases(raw_dir: str | Path) -> list[RawCase]:
+    """Pair ``img00XX.nii[.gz]`` with ``label00XX.nii[.gz]`` in ``raw_dir`` or its img/, label/.
+
+    Returns:
+        The cases sorted by name.
+
+    Raises:
+        DataError: the folder is missing, holds no images, or an image has no label.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise DataError(f"raw data folder {raw_dir} does not exist; pass the BTCV folder as --raw")
+    images = _scan([raw_dir, raw_dir / "img"], _IMAGE_FILE)
+    labels = _scan([raw_dir, raw_dir / "label"], _LABEL_FILE)
+    if not images:
+        raise DataError(
+            f"no img00XX.nii.gz files in {raw_dir} or {raw_dir / 'img'}; pass the BTCV folder "
+            "(e.g. RawData/Training) as --raw"
+        )
+    unlabeled = sorted(set(images) - set(labels))
+    if unlabeled:
+        image = images[unlabeled[0]]
+        raise DataError(
+            f"{image} has no label file (expected label{image.name[len('img'):]} in {raw_dir} "
+            f"or {raw_dir / 'label'}); add it or remove the image"
+        )
+    for name in sorted(set(labels) - set(images)):
+        logger.warning("skipping %s: no matching image", labels[name])
+    return [RawCase(name, images[name], labels[name]) for name in sorted(images)]
+
+
+def normalise_ct(volume: np.ndarray) -> np.ndarray:
+    """Clip CT intensities to [HU_MIN, HU_MAX] HU and min-max normalise to [0, 1].
+
+    Args:
+        volume: (D, H, W) Hounsfield units.
+
+    Returns:
+        float32 (D, H, W) in [0, 1]; all zeros if the clipped volume is constant.
+    """
+    clipped = np.clip(volume.astype(np.float64), HU_MIN, HU_MAX)
+    low, high = clipped.min(), clipped.max()
+    if high == low:
+        return np.zeros(volume.shape, np.float32)
+    return ((clipped - low) / (high - low)).astype(np.float32)
+
+
+def btcv_to_synapse(label: np.ndarray, source: str | Path = "label") -> np.ndarray:
+    """Renumber BTCV organ ids to the 8 Synapse classes (``BTCV_TO_SYNAPSE``; others -> 0).
+
+    Args:
+        label: BTCV ids 0..13, any numeric dtype with whole-number values.
+        source: file name for error messages.
+
+    Returns:
+        float32 array of Synapse class ids 0..8, same shape (float32 as the common copies).
+
+    Raises:
+        DataError: values that are not whole numbers in [0, 13].
+    """
+    low, high = label.min(), label.max()
+    fractional = np.issubdtype(label.dtype, np.floating) and (label != np.round(label)).any()
+    if fractional or low < 0 or high >= BTCV_NUM_LABELS:
+        raise DataError(
+            f"{source}: label values span [{low:g}, {high:g}]"
+            + (" with fractions" if fractional else "")
+            + f"; BTCV labels are organ ids 0..{BTCV_NUM_LABELS - 1} (is this a BTCV label file?)"
+        )
+    table = np.zeros(BTCV_NUM_LABELS, np.float32)
+    for btcv_id, synapse_id in BTCV_TO_SYNAPSE.items():
+        table[btcv_id] = synapse_id
+    return table[label.astype(np.int64)]
+
+
+def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read and convert one case.
+
+    Returns:
+        image float32 (D, H, W) in [0, 1], label float32 (D, H, W) Synapse ids, and the voxel
+        spacing (z, y, x) in mm.
+    """
+    try:
+        image_itk = sitk.ReadImage(str(case.image))
+        label_itk = sitk.ReadImage(str(case.label))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "read error"
+        raise DataError(
+            f"cannot read {case.name} ({case.image}, {case.label}): {first_line}"
+        ) from error
+    image = sitk.GetArrayFromImage(image_itk)
+    label = sitk.GetArrayFromImage(label_itk)
+    if image.shape != label.shape:
+        raise DataError(
+            f"{case.image} has shape {image.shape} (z, y, x) but {case.label} has {label.shape}; "
+            "they must be the same scan"
+        )
+    spacing_xyz = image_itk.GetSpacing()
+    spacing = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    return normalise_ct(image), btcv_to_synapse(label, case.label), spacing
+
+
+def convert(
+    raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None
+) -> dict[str, list[str]]:
+    """Convert raw BTCV to the Synapse format under ``out_dir`` (see the module docstring).
+
+    Args:
+        raw_dir: folder with the raw NIfTI files (flat or img/ + label/).
+        out_dir: output root; ``train_npz/`` and ``test_vol_h5/`` are created in it.
+        list_dir: where to write train.txt and test_vol.txt; default ``out_dir/lists``.
+
+    Returns:
+        ``{"train": [case names], "test": [case names]}`` as converted.
+    """
+    cases = find_raw_cases(raw_dir)
+    out_dir = Path(out_dir)
+    list_dir = Path(list_dir) if list_dir is not None else out_dir / "lists"
+    train_dir, test_dir = out_dir / TRAIN_DIR, out_dir / TEST_DIR
+    train_dir.mkdir(parents=True, exist_ok=True)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    test_cases = set(STANDARD_TEST_CASES)
+    outside = [c.name for c in cases if c.name not in test_cases | set(STANDARD_TRAIN_SLICE_COUNTS)]
+    if outside:
+        logger.warning("cases outside the standard split go to training: %s", ", ".join(outside))
+    done: dict[str, list[str]] = {"train": [], "test": []}
+    train_slices: list[str] = []
+    for case in tqdm(cases, desc="BTCV -> Synapse", unit="case"):
+        image, label, spacing = read_case(case)
+        if case.name in test_cases:
+            with h5py.File(test_dir / (case.name + VOLUME_SUFFIX), "w") as file:
+                file.create_dataset(IMAGE_KEY, data=image)
+                file.create_dataset(LABEL_KEY, data=label)
+                file.attrs[SPACING_ATTR] = np.asarray(spacing, np.float64)
+            done["test"].append(case.name)
+        else:
+            for index in range(image.shape[0]):
+                name = slice_name(case.name, index)
+                np.savez(train_dir / (name + SLICE_SUFFIX), image=image[index], label=label[index])
+                train_slices.append(name)
+            done["train"].append(case.name)
+    if done["train"] and done["test"]:
+        write_synapse_lists(out_dir, list_dir)
+    else:
+        # write_synapse_lists needs both folders; write the one list that applies.
+        logger.warning("no %s cases converted; writing only the other list",
+                       "test" if done["train"] else "training")
+        if done["train"]:
+            write_list(list_dir / TRAIN_LIST, train_slices)
+        else:
+            write_list(list_dir / TEST_LIST, sorted(done["test"]))
+    logger.info("converted %d training cases (%d slices) and %d test cases into %s; lists in %s",
+                len(done["train"]), len(train_slices), len(done["test"]), out_dir, list_dir)
+    return done
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.prepare_synapse",
+        description="Convert raw BTCV abdomen CT (img00XX/label00XX.nii.gz) to the Synapse "
+        "format: train_npz/ slices and test_vol_h5/ volumes with the standard split.",
+    )
+    parser.add_argument("--raw", required=True, type=Path,
+                        help="folder with img00XX.nii.gz and label00XX.nii.gz (flat or in "
+                        "img/ and label/)")
+    parser.add_argument("--out", required=True, type=Path, help="output data folder")
+    parser.add_argument("--list_dir", type=Path, default=None,
+                        help="where to write train.txt and test_vol.txt (default OUT/lists)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        convert(args.raw, args.out, args.list_dir)
+    except (DataError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    main()

@@ -1,0 +1,472 @@
+"""Readers for Synapse-format data: 2D training slices (.npz) and 3D test volumes (.npy.h5).
+
+Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare_synapse``)::
+
+    DATA/train_npz/caseXXXX_sliceNNN.npz   keys image, label: (H, W); one axial slice per file
+    DATA/test_vol_h5/caseXXXX.npy.h5        datasets image, label: (D, H, W); optional attribute
+                                            "spacing" = (z, y, x) in mm
+
+Images hold CT intensities normalised to [0, 1]; labels hold class ids (stored as float32 in
+the common copies; any dtype with whole-number values is accepted and returned as int64).
+
+``preprocess_slice`` is the one place where a slice is resized and normalised for the network;
+training (``SynapseSlices``) and slice-wise inference both call it, so both see the same input.
+
+Every malformed input raises ``DataError`` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+from scipy.ndimage import zoom
+from torch.utils.data import Dataset
+
+from datasets.augment import Augmentation, build_augmentation
+from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name
+
+IMAGE_MEAN = 0.5  # the network sees (x - 0.5) / 0.5, i.e. [0, 1] mapped to [-1, 1]
+IMAGE_STD = 0.5
+DEFAULT_IMG_SIZE = (224, 224)
+IMAGE_ZOOM_ORDER = 3  # cubic spline for intensities (the protocol's scipy zoom order 3)
+LABEL_ZOOM_ORDER = 0  # nearest neighbour keeps class ids whole
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+SPACING_ATTR = "spacing"
+SPATIAL_DIMS = 3  # (z, y, x)
+
+
+class DataError(ValueError):
+    """A data file or list is missing or malformed; the message names the file and the fix."""
+
+
+def _check_img_size(img_size: Sequence[int]) -> tuple[int, int]:
+    if len(img_size) != 2 or any(int(side) != side or side < 1 for side in img_size):
+        raise ValueError(f"img_size must be two positive ints (H, W), got {tuple(img_size)}")
+    return int(img_size[0]), int(img_size[1])
+
+
+def _resize(array: np.ndarray, img_size: Sequence[int], order: int) -> np.ndarray:
+    """``zoom`` a 2D array to ``img_size`` with spline ``order``; unchanged if already that size."""
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2D slice (H, W), got shape {array.shape}")
+    size = _check_img_size(img_size)
+    if array.shape == size:
+        return array
+    return zoom(array, (size[0] / array.shape[0], size[1] / array.shape[1]), order=order)
+
+
+def preprocess_slice(image: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
+    """Resize a slice for the network and normalise it.
+
+    Args:
+        image: (H, W) intensities in [0, 1].
+        img_size: (S_h, S_w) network input size.
+
+    Returns:
+        float32 (S_h, S_w): ``zoom(image, order=3)`` (skipped when already that size), then
+        ``(x - IMAGE_MEAN) / IMAGE_STD``.
+    """
+    image = _resize(np.asarray(image, dtype=np.float32), img_size, IMAGE_ZOOM_ORDER)
+    return ((image - IMAGE_MEAN) / IMAGE_STD).astype(np.float32, copy=False)
+
+
+def resize_label(label: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
+    """Resize a label map with nearest neighbour (``zoom`` order 0).
+
+    Args:
+        label: (H, W) integer class ids.
+        img_size: (S_h, S_w).
+
+    Returns:
+        int64 (S_h, S_w).
+    """
+    return _resize(np.asarray(label, dtype=np.int64), img_size, LABEL_ZOOM_ORDER)
+
+
+def read_list(list_file: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a list file.
+
+    Raises:
+        DataError: the file is missing or lists nothing.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise DataError(
+            f"list file {list_file} does not exist; write one with "
+            "python -m datasets.lists --root DATA --out LIST_DIR"
+        )
+    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"list file {list_file} is empty; it should name one file per line")
+    return names
+
+
+def _check_existing(paths: Sequence[Path], list_file: Path) -> None:
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise DataError(
+            f"{missing[0]} (listed in {list_file}) does not exist"
+            + (f", nor do {len(missing) - 1} other listed files" if len(missing) > 1 else "")
+            + "; check the data folder or regenerate the list"
+        )
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _npz_error(path: Path, error: Exception) -> DataError:
+    return DataError(
+        f"{path} is not a readable .npz file ({_one_line(error)}); re-create or re-download it"
+    )
+
+
+def _require_keys(path: Path, found: Sequence[str]) -> None:
+    missing = [key for key in (IMAGE_KEY, LABEL_KEY) if key not in found]
+    if missing:
+        raise DataError(
+            f"{path} has no {' or '.join(repr(k) for k in missing)} array (found {list(found)}); "
+            "slice files need keys 'image' and 'label'"
+        )
+
+
+def _read_npz(path: Path, keys: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The array names of a .npz file and the arrays among ``keys`` that it holds.
+
+    Reading no key only reads the zip directory, which is cheap.
+    """
+    # np.load silently treats a non-zip file as .npy or pickle; rule that out first.
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a .npz (zip) archive; re-create or re-download it")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = list(data.files)
+            arrays = {key: data[key] for key in keys if key in found}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise _npz_error(path, error) from error
+    return found, arrays
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Image and label arrays of a slice file; DataError for an unreadable file or missing key."""
+    found, arrays = _read_npz(path, (IMAGE_KEY, LABEL_KEY))
+    _require_keys(path, found)
+    return arrays[IMAGE_KEY], arrays[LABEL_KEY]
+
+
+def _check_npz_keys(path: Path) -> None:
+    """Cheap check: the zip directory of the .npz names both arrays (no array is read)."""
+    found, _ = _read_npz(path, ())
+    _require_keys(path, found)
+
+
+def check_arrays(
+    path: Path,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    ndim: int,
+    num_classes: int | None,
+) -> None:
+    """Validate one item's arrays; DataError naming ``path`` on the first problem.
+
+    Checks: image has ``ndim`` dims, finite values; label (if given) has the image's shape,
+    finite whole-number values in [0, num_classes) (upper bound skipped when None).
+    """
+    if image.ndim != ndim:
+        raise DataError(f"{path}: image has {image.ndim} dims {image.shape}, expected {ndim}")
+    if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all():
+        raise DataError(f"{path}: image holds NaN, infinite or non-numeric values; fix the file")
+    if label is None:
+        return
+    if label.shape != image.shape:
+        raise DataError(
+            f"{path}: label shape {label.shape} differs from image shape {image.shape}"
+        )
+    if label.dtype == np.bool_:
+        label = label.astype(np.uint8)
+    if not np.issubdtype(label.dtype, np.number):
+        raise DataError(f"{path}: label has non-numeric dtype {label.dtype}")
+    if np.issubdtype(label.dtype, np.floating):
+        if not np.isfinite(label).all():
+            raise DataError(f"{path}: label holds NaN or infinite values; fix the file")
+        if not (label == np.round(label)).all():
+            raise DataError(f"{path}: label holds non-integer values; labels must be class ids")
+    if label.size:
+        low, high = label.min(), label.max()
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+            raise DataError(
+                f"{path}: label values span [{low:g}, {high:g}], expected class ids in {bound}; "
+                "check num_classes or the label file"
+            )
+
+
+def _check_num_classes(num_classes: int) -> None:
+    is_int = isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool)
+    if not is_int or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+class SynapseSlices(Dataset):
+    """2D training slices ``base_dir/NAME.npz`` for each NAME in ``list_file``.
+
+    Each item is ``{"image": float32 tensor (1, S_h, S_w), "label": int64 tensor (S_h, S_w),
+    "case_name": NAME}``. The augmentation (if any) sees the slice at its stored resolution,
+    image float32 in [0, 1] and label int64; then ``preprocess_slice`` / ``resize_label``
+    bring it to ``img_size``.
+
+    Args:
+        base_dir: folder holding the .npz files (usually ``DATA/train_npz``).
+        list_file: text file, one slice name (no extension) per line.
+        num_classes: number of classes including background; labels must lie in [0, it).
+        img_size: (S_h, S_w) network input size.
+        augment: a name from ``datasets.augment.AUGMENTATIONS``, a callable
+            ``(image, label) -> (image, label)``, or None for no augmentation.
+        check: validate the files: at construction that every listed file exists and holds
+            ``image`` and ``label`` (reads only the zip directories), and every item on read.
+    """
+
+    def __init__(
+        self,
+        base_dir: str | Path,
+        list_file: str | Path,
+        num_classes: int,
+        img_size: Sequence[int] = DEFAULT_IMG_SIZE,
+        augment: str | Augmentation | None = "daeformer",
+        check: bool = True,
+    ) -> None:
+        _check_num_classes(num_classes)
+        self.base_dir = Path(base_dir)
+        self.list_file = Path(list_file)
+        self.num_classes = int(num_classes)
+        self.img_size = _check_img_size(img_size)
+        self.augment: Augmentation | None = (
+            build_augmentation(augment) if isinstance(augment, str) else augment
+        )
+        self.check = check
+        self.names = read_list(self.list_file)
+        if check:
+            paths = [self._path(name) for name in self.names]
+            _check_existing(paths, self.list_file)
+            for path in paths:
+                _check_npz_keys(path)
+
+    def _path(self, name: str) -> Path:
+        return self.base_dir / (name + SLICE_SUFFIX)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        name = self.names[index]
+        path = self._path(name)
+        image, label = _load_npz(path)
+        if self.check:
+            check_arrays(path, image, label, ndim=2, num_classes=self.num_classes)
+        image = image.astype(np.float32, copy=False)
+        label = label.astype(np.int64)
+        if self.augment is not None:
+            image, label = self.augment(image, label)
+        image = preprocess_slice(image, self.img_size)
+        label = resize_label(label, self.img_size)
+        return {
+            "image": torch.from_numpy(image).unsqueeze(0),
+            "label": torch.from_numpy(label),
+            "case_name": name,
+        }
+
+
+def _read_spacing(path: Path, file: h5py.File) -> tuple[float, float, float] | None:
+    if SPACING_ATTR not in file.attrs:
+        return None
+    spacing = np.asarray(file.attrs[SPACING_ATTR], dtype=np.float64).ravel()
+    if spacing.shape != (SPATIAL_DIMS,) or not np.isfinite(spacing).all() or (spacing <= 0).any():
+        raise DataError(
+            f"{path}: attribute 'spacing' is {spacing.tolist()}, expected 3 positive mm values "
+            "(z, y, x)"
+        )
+    return tuple(float(value) for value in spacing)
+
+
+def _h5_error(path: Path, error: Exception) -> DataError:
+    return DataError(
+        f"{path} is not a readable HDF5 file ({_one_line(error)}); re-create or re-download it"
+    )
+
+
+class SynapseVolumes(Dataset):
+    """3D volumes ``base_dir/NAME.npy.h5`` for each NAME in ``list_file``.
+
+    Each item is ``{"image": float32 (D, H, W), "label": int64 (D, H, W) or None,
+    "case_name": NAME, "spacing": (z, y, x) mm or None}`` with numpy arrays. ``spacing`` comes
+    from the file's optional ``spacing`` attribute (None when absent).
+
+    Args:
+        base_dir: folder holding the .npy.h5 files (usually ``DATA/test_vol_h5``).
+        list_file: text file, one case name per line.
+        num_classes: number of classes including background; labels must lie in [0, it).
+        check: validate at construction that every listed file opens and holds the datasets,
+            and every item on read.
+        require_label: if False, a file without a ``label`` dataset is accepted and its item's
+            label is None (for predicting unlabeled volumes).
+    """
+
+    def __init__(
+        self,
+        base_dir: str | Path,
+        list_file: str | Path,
+        num_classes: int,
+        check: bool = True,
+        require_label: bool = True,
+    ) -> None:
+        _check_num_classes(num_classes)
+        self.base_dir = Path(base_dir)
+        self.list_file = Path(list_file)
+        self.num_classes = int(num_classes)
+        self.check = check
+        self.require_label = require_label
+        self.names = read_list(self.list_file)
+        if check:
+            paths = [self._path(name) for name in self.names]
+            _check_existing(paths, self.list_file)
+            for path in paths:
+                self._check_keys(path)
+
+    def _path(self, name: str) -> Path:
+        return self.base_dir / (name + VOLUME_SUFFIX)
+
+    def _required_keys(self) -> tuple[str, ...]:
+        return (IMAGE_KEY, LABEL_KEY) if self.require_label else (IMAGE_KEY,)
+
+    def _check_keys(self, path: Path) -> None:
+        try:
+            with h5py.File(path, "r") as file:
+                keys = list(file.keys())
+        except OSError as error:
+            raise _h5_error(path, error) from error
+        missing = [key for key in self._required_keys() if key not in keys]
+        if missing:
+            raise DataError(
+                f"{path} has no {' or '.join(repr(k) for k in missing)} dataset (found {keys}); "
+                "volume files need 'image' and 'label' (pass require_label=False for "
+                "unlabeled volumes)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.names[index]
+        path = self._path(name)
+        try:
+            with h5py.File(path, "r") as file:
+                missing = [key for key in self._required_keys() if key not in file]
+                if missing:
+                    raise DataError(
+                        f"{path} has no {' or '.join(repr(k) for k in missing)} dataset; "
+                        "volume files need 'image' and 'label'"
+                    )
+                image = file[IMAGE_KEY][()]
+                label = file[LABEL_KEY][()] if LABEL_KEY in file else None
+                spacing = _read_spacing(path, file)
+        except OSError as error:
+            raise _h5_error(path, error) from error
+        if self.check:
+            check_arrays(path, image, label, ndim=SPATIAL_DIMS, num_classes=self.num_classes)
+        return {
+            "image": image.astype(np.float32, copy=False),
+            "label": None if label is None else label.astype(np.int64),
+            "case_name": name,
+            "spacing": spacing,
+        }
+
+
+def split_cases(slice_names: Sequence[str], k: int) -> tuple[list[str], list[str]]:
+    """Hold out whole cases for validation: the LAST ``k`` cases in sorted case order.
+
+    The choice is deterministic (no seed) so that resumed or repeated runs validate on the same
+    cases; with the standard split and k=2 it holds out case0039 and case0040.
+
+    Args:
+        slice_names: training slice names ``CASE_sliceNNN``.
+        k: number of cases to hold out; 0 holds out nothing.
+
+    Returns:
+        (training slice names in their original order without the held-out cases,
+        held-out case names sorted).
+
+    Raises:
+        ValueError: k < 0, or k leaves no training case, or a name is not ``CASE_sliceNNN``.
+    """
+    cases = sorted({parse_slice_name(name)[0] for name in slice_names})
+    if k < 0 or k >= len(cases):
+        raise ValueError(
+            f"--val_cases {k} must lie in [0, {len(cases) - 1}]: the training list has "
+            f"{len(cases)} cases and at least one must stay for training"
+        )
+    held_out = cases[len(cases) - k:] if k else []
+    held = set(held_out)
+    train = [name for name in slice_names if parse_slice_name(name)[0] not in held]
+    return train, held_out
+
+
+def slices_to_volumes(
+    base_dir: str | Path,
+    slice_names: Sequence[str],
+    case_names: Sequence[str],
+    num_classes: int | None = None,
+) -> list[dict]:
+    """Assemble whole cases from their training slices, e.g. for held-out validation.
+
+    Args:
+        base_dir: folder holding ``NAME.npz`` slice files.
+        slice_names: slice names ``CASE_sliceNNN`` (any order; others' cases are ignored).
+        case_names: cases to assemble, in the order returned.
+        num_classes: if given, labels must lie in [0, num_classes).
+
+    Returns:
+        One dict per case, as ``SynapseVolumes`` items: image float32 (D, H, W), label int64
+        (D, H, W), ``case_name``, ``spacing`` None; slices stacked by slice index. Memory: about
+        12 bytes per voxel, e.g. 0.5 GB for a 150-slice 512x512 case.
+
+    Raises:
+        DataError: a case has no slices, a file is missing or malformed, or slice shapes differ.
+    """
+    base_dir = Path(base_dir)
+    by_case: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for name in slice_names:
+        case, index = parse_slice_name(name)
+        by_case[case].append((index, name))
+    volumes = []
+    for case in case_names:
+        if case not in by_case:
+            raise DataError(f"case {case} has no slices in the slice list; check --val_cases")
+        images, labels = [], []
+        for _, name in sorted(by_case[case]):
+            path = base_dir / (name + SLICE_SUFFIX)
+            if not path.is_file():
+                raise DataError(f"{path} does not exist; check the data folder")
+            image, label = _load_npz(path)
+            check_arrays(path, image, label, ndim=2, num_classes=num_classes)
+            if images and image.shape != images[0].shape:
+                raise DataError(
+                    f"{path}: slice shape {image.shape} differs from {images[0].shape} of the "
+                    f"first slice of {case}; cannot stack"
+                )
+            images.append(image.astype(np.float32, copy=False))
+            labels.append(label.astype(np.int64))
+        volumes.append({
+            "image": np.stack(images),
+            "label": np.stack(labels),
+            "case_name": case,
+            "spacing": None,
+        })
+    return volumes
