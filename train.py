@@ -406,7 +406,7 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
                     epoch, iteration, loss.item(), ce.item(), dice.item(), optimizer.param_groups[0]["lr"])
         if writer is not None:
             example = batch["image"][0, 0].numpy() * 0.5 + 0.5
-            writer.add_image("train/image_prediction_truth",
+            writer.add_image("train/image_truth_prediction",
                              panel(example, logits[0].argmax(0).cpu().numpy(), batch["label"][0].numpy(), args.num_classes), iteration)
 
         if main_process and evaluation_due(epoch, args, last_epoch):
@@ -419,7 +419,7 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
                 logger.info("  %-12s Dice %.4f  HD95 %.2f", name, dice_c, hd_c)
             writer.add_scalar(f"{eval_kind}/mean_dice", mean_dice, iteration)
             writer.add_scalar(f"{eval_kind}/mean_hd95", mean_hd95, iteration)
-            writer.add_image(f"{eval_kind}/image_prediction_truth",
+            writer.add_image(f"{eval_kind}/image_truth_prediction",
                              panel(example["image"], example["prediction"], example["label"], args.num_classes), iteration)
             if eval_kind == "validation" and mean_dice > best_dice:
                 best_dice = float(mean_dice)

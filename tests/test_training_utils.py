@@ -15,7 +15,7 @@ from utils.checkpoint import (
     CheckpointError,
     find_checkpoint,
     load_checkpoint,
-    model_from_checkpoint,
+    model_from_payload,
     save_checkpoint,
     strip_wrapper_prefix,
 )
@@ -131,12 +131,13 @@ def test_plain_state_dict_with_module_prefix_loads_given_module(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
     kwargs = {"num_classes": 3, "base_channels": 4, "depth": 2}
-    rebuilt, _ = model_from_checkpoint(path, "networks.UNet.UNet", kwargs)
+    payload = load_checkpoint(path)
+    rebuilt = model_from_payload(payload, path, "networks.UNet.UNet", kwargs)
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
     with pytest.raises(CheckpointError, match="plain state dict .* pass --module"):
-        model_from_checkpoint(path)
+        model_from_payload(payload, path)
     with pytest.raises(CheckpointError, match=r"do not fit UNet \(wrong --module or --num_classes\?\).*head\.weight"):
-        model_from_checkpoint(path, "networks.UNet.UNet", {**kwargs, "num_classes": 5})
+        model_from_payload(payload, path, "networks.UNet.UNet", {**kwargs, "num_classes": 5})
 
 
 def test_find_checkpoint_prefers_best_then_final_epoch_then_last(tmp_path):
@@ -145,3 +146,8 @@ def test_find_checkpoint_prefers_best_then_final_epoch_then_last(tmp_path):
     for name in ("last.pth", "DAEFormer_epoch_399.pth", "best.pth"):
         (tmp_path / name).write_bytes(b"x")
         assert find_checkpoint(tmp_path, "DAEFormer", 400).name == name
+        assert find_checkpoint(tmp_path, None, 400).name == name
+    (tmp_path / "best.pth").unlink()
+    (tmp_path / "UNet_epoch_399.pth").write_bytes(b"x")  # two candidates: ambiguous without a name
+    assert find_checkpoint(tmp_path, None, 400).name == "last.pth"
+    assert find_checkpoint(tmp_path, "UNet", 400).name == "UNet_epoch_399.pth"

@@ -36,16 +36,21 @@ def epoch_checkpoint_name(model_name: str, epoch: int) -> str:
     return f"{model_name}_epoch_{epoch}.pth"
 
 
-def find_checkpoint(output_dir: str | Path, model_name: str, max_epochs: int) -> Path:
+def find_checkpoint(output_dir: str | Path, model_name: str | None, max_epochs: int) -> Path:
     """The checkpoint ``test.py`` evaluates when no ``--ckpt`` is given: ``best.pth``, else the
-    final periodic checkpoint, else ``last.pth`` -- the same names ``train.py`` writes."""
+    final periodic checkpoint, else ``last.pth`` -- the same names ``train.py`` writes. Without
+    ``model_name``, a single ``*_epoch_{max_epochs - 1}.pth`` in the folder is the final one."""
     output_dir = Path(output_dir)
-    candidates = [output_dir / BEST, output_dir / epoch_checkpoint_name(model_name, max_epochs - 1), output_dir / LAST]
+    final = epoch_checkpoint_name(model_name or "*", max_epochs - 1)
+    finals = sorted(output_dir.glob(final)) if model_name is None else [output_dir / final]
+    candidates = [output_dir / BEST, *(finals if len(finals) == 1 else []), output_dir / LAST]
     for path in candidates:
         if path.is_file():
             return path
-    names = ", ".join(p.name for p in candidates)
-    raise CheckpointError(f"no checkpoint in {output_dir} (looked for {names}); pass --ckpt PATH or the --output_dir of a training run")
+    raise CheckpointError(
+        f"no checkpoint in {output_dir} (looked for {BEST}, {final}, {LAST}); pass --ckpt PATH, or the --output_dir "
+        "and --max_epochs of a training run"
+    )
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -112,24 +117,23 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         ) from None
 
 
-def model_from_checkpoint(
-    path: str | Path, module: str | None = None, kwargs: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build a network and load its weights.
+def model_from_payload(
+    payload: dict[str, Any], source: str | Path, module: str | None = None, kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """Build the network of a loaded checkpoint and load its weights.
 
-    A checkpoint of this repository rebuilds its own network (``module`` and ``kwargs``, when
-    given, must agree with it); a plain state dict -- the published DAE-Former weights -- needs
-    ``module`` and ``kwargs``. Returns the network and the loaded payload.
+    A checkpoint of this repository rebuilds its own network (``module``, when given, must
+    agree with it); a plain state dict -- the published DAE-Former weights -- is loaded into
+    ``module`` built with ``kwargs``.
     """
-    payload = load_checkpoint(path)
     if is_self_describing(payload):
         if module is not None and module != payload["module"]:
-            raise CheckpointError(f"{path} holds a {payload['module']} network but --module {module} was given; drop --module")
+            raise CheckpointError(f"{source} holds a {payload['module']} network but --module {module} was given; drop --module")
         model = build_network(payload["module"], payload["model_kwargs"])
-        load_weights(model, payload["model"], path)
-        return model, payload
+        load_weights(model, payload["model"], source)
+        return model
     if module is None:
-        raise CheckpointError(f"{path} is a plain state dict that does not say which network it is for; pass --module")
+        raise CheckpointError(f"{source} is a plain state dict that does not say which network it is for; pass --module")
     model = build_network(module, kwargs or {})
-    load_weights(model, payload, path)
-    return model, {"module": module, "model_kwargs": kwargs or {}}
+    load_weights(model, payload, source)
+    return model

@@ -45,9 +45,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarr
 
 
 def panel(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, num_classes: int) -> np.ndarray:
-    """Side by side: image, prediction overlay, ground-truth overlay. (3, H, 2W or 3W) uint8."""
+    """Side by side: image, ground-truth overlay (when given), prediction overlay.
+
+    Returns:
+        (3, H, 3W) uint8, or (3, H, 2W) without ``truth``.
+    """
     grey = (np.clip(image, 0, 1) * 255).astype(np.uint8)[None].repeat(3, axis=0)
-    parts = [grey, overlay(image, prediction, num_classes)]
-    if truth is not None:
-        parts.append(overlay(image, truth, num_classes))
-    return np.concatenate(parts, axis=2)
+    parts = [grey] if truth is None else [grey, overlay(image, truth, num_classes)]
+    return np.concatenate([*parts, overlay(image, prediction, num_classes)], axis=2)

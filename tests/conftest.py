@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny phantom data set in the Synapse layout and a tiny trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datasets.phantom import generate_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+# A network small enough that a training epoch on the tiny phantom takes about a second.
+TINY_UNET = ["--module", "networks.UNet.UNet", "--model_kwargs", '{"base_channels": 4, "depth": 2}']
+TINY_SIZE = 32
+
+
+# One thread per process: exact-equality tests need the same reduction order in every run.
+SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a repository script the way a user does, from the repository root."""
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=SCRIPT_ENV)
+
+
+def tiny_train_args(data: dict, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "train.py", "--root_path", str(data["train_dir"]), "--test_path", str(data["test_dir"]),
+        "--list_dir", str(data["train_list"].parent), "--output_dir", str(output_dir),
+        "--img_size", str(TINY_SIZE), "--batch_size", "4", "--num_workers", "0", "--eval_interval", "1",
+        *TINY_UNET, *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory) -> dict:
+    """3 training cases and 2 test volumes of 32x32 slices."""
+    return generate_dataset(tmp_path_factory.mktemp("phantom"), seed=7, size=TINY_SIZE, train_cases=3,
+                            test_cases=2, min_slices=6, max_slices=8)
+
+
+@pytest.fixture(scope="session")
+def trained_run(phantom, tmp_path_factory) -> Path:
+    """The output folder of a 2-epoch training run of a tiny U-Net on the phantom."""
+    output_dir = tmp_path_factory.mktemp("run")
+    result = run_script(*tiny_train_args(phantom, output_dir, "--max_epochs", "2"))
+    assert result.returncode == 0, result.stderr
+    return output_dir
