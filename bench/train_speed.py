@@ -1,0 +1,107 @@
+"""Training-step throughput: slices per second and peak memory of one optimisation step.
+
+    python -m bench.train_speed                                   # DAE-Former, 224x224, batch 8, CPU: fp32 and bf16
+    python -m bench.train_speed --device cuda --batch_size 24 --variants fp32 bf16 bf16+compile
+
+One step is exactly what train.py does per iteration: forward (under autocast for an AMP
+variant), 0.4 * CE + 0.6 * Dice on random labels, backward (through a GradScaler for fp16), SGD
+step, poly schedule step. Every variant runs in a fresh process (its own memory peak) and is
+reported as a ratio against the first variant, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from bench.common import cpu_name, markdown_table, measure_step, resolve_device, run_in_fresh_process
+from train import MOMENTUM, POLY_POWER, WEIGHT_DECAY
+from utils import build_network, load_network_class, network_arguments
+from utils.inference import autocast
+from utils.losses import CEDiceLoss
+
+VARIANTS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile")
+NUM_CLASSES = 9
+
+
+def make_train_step(device: torch.device, module: str, kwargs: dict[str, Any], batch: int, img_size: int,
+                    variant: str) -> Callable[[], None]:
+    """Step factory for bench.common.measure_step: one training iteration of ``module``."""
+    amp, _, compiled = variant.partition("+")
+    amp = "off" if amp == "fp32" else amp
+    model = build_network(module, kwargs).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10**6, power=POLY_POWER)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    criterion = CEDiceLoss()
+    forward = torch.compile(model) if compiled else model
+    images = torch.randn(batch, 1, img_size, img_size, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch, img_size, img_size), device=device)
+
+    def step() -> None:
+        with autocast(device, amp):
+            logits = forward(images)
+        loss, _, _ = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+    return step
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--module", default="networks.DAEFormer.DAEFormer")
+    parser.add_argument("--model_kwargs", default="{}", help="constructor arguments as JSON")
+    parser.add_argument("--img_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=VARIANTS,
+                        help="precision / compile variants; the first is the baseline of the ratios")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile happens here)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
+    parser.add_argument("--json", help="also write the results here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        kwargs = network_arguments(load_network_class(args.module), NUM_CLASSES, args.img_size, **json.loads(args.model_kwargs))
+    except ValueError as error:
+        print(f"bench.train_speed: error: {error}", file=sys.stderr)
+        return 2
+    rows, results = [], []
+    for variant in args.variants:
+        step_kwargs = dict(module=args.module, kwargs=kwargs, batch=args.batch_size, img_size=args.img_size, variant=variant)
+        measured = run_in_fresh_process(measure_step, make_train_step, step_kwargs, str(device), args.threads,
+                                        args.warmup, args.repeats)
+        results.append({"variant": variant, "seconds": measured.seconds, "median_s": measured.median_s,
+                        "slices_per_s": args.batch_size / measured.median_s, "peak_mib": measured.peak_bytes / 2**20,
+                        "memory_kind": measured.memory_kind})
+    base = results[0]
+    for result in results:
+        rows.append([result["variant"], f"{result['median_s']:.3f}", f"{result['slices_per_s']:.2f}",
+                     f"{base['median_s'] / result['median_s']:.2f}x", f"{result['peak_mib']:.0f}",
+                     f"{result['peak_mib'] / base['peak_mib']:.2f}x"])
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
+    print(f"{args.module} training step, batch {args.batch_size}, {args.img_size}x{args.img_size}, {where}; "
+          f"median of {args.repeats}; ratios against {base['variant']} in this run; memory: {base['memory_kind']}")
+    print(markdown_table(["variant", "s / step", "slices / s", "speed-up", "peak MiB", "memory ratio"], rows))
+    if args.json:
+        with open(args.json, "w") as stream:
+            json.dump({"args": vars(args), "device": where, "results": results}, stream, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
