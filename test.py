@@ -9,7 +9,9 @@ nearest resize back) in batches, and scored per organ with Dice and HD95: medpy'
 HD95 in voxels and the published empty-mask rules unless told otherwise. Results go to
 --test_save_dir (default OUTPUT_DIR/test): metrics.json, metrics.csv, and on request NIfTI
 predictions and PNG montages. Pointing --volume_path at NIfTI scans (no labels) writes their
-predicted label volumes as NIfTI and computes no metrics.
+predicted label volumes as NIfTI and computes no metrics. 2D image data sets (--dataset ISIC2018)
+are scored with Dice, IoU, sensitivity, specificity and accuracy on the pixels of all test images
+pooled (utils/images.py), and per image.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from datasets.catalog import DATASETS, class_names
-from datasets.prepare_synapse import normalise_ct
+from datasets.catalog import DATASETS, IMAGES, DatasetInfo, class_names, dataset_info
+from datasets.convert import normalise_volume
+from datasets.isic import SkinCases
 from datasets.synapse import DataError, SynapseVolumes
 from utils import UserError, load_network_class, network_arguments
 from utils.checkpoint import find_checkpoint, is_self_describing, load_checkpoint, model_from_payload
+from utils.images import METRIC_NAMES, confusion, predict_image, scores
 from utils.inference import AMP_DTYPES, predict_volume
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS, metrics_for_classes
@@ -49,14 +53,18 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MONTAGE_SLICES = 6
 MONTAGE_MIN_SIDE = 192  # slices smaller than this are enlarged (nearest) for reading
 LEGEND_LINE = 18
+PNG_MAX = 255
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volume_path", help="data root with test_vol_h5/ below it, that folder itself, "
-                                              "or NIfTI scans (a file or a folder) to segment")
-    parser.add_argument("--dataset", default="Synapse", choices=sorted(DATASETS))
-    parser.add_argument("--list_dir", help="folder holding test_vol.txt (default: the --dataset table's)")
+                                              "NIfTI scans (a file or a folder) to segment, or for 2D image data "
+                                              "the folder holding images/ and masks/")
+    parser.add_argument("--dataset", default="Synapse",
+                        help=f"a data set of the table ({', '.join(DATASETS)}) or a dataset.json path; "
+                             "a checkpoint of train.py names its own")
+    parser.add_argument("--list_dir", help="folder holding the test list (default: the --dataset table's)")
     parser.add_argument("--num_classes", type=int, help="classes including background (default: the checkpoint's, else the table's)")
     parser.add_argument("--output_dir", default="./model_out", help="training output folder to take the checkpoint from")
     parser.add_argument("--ckpt", help="checkpoint file (default: best.pth, else the final epoch's, else last.pth in --output_dir)")
@@ -127,10 +135,19 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any
     except json.JSONDecodeError as error:
         raise UserError(f"--model_kwargs is not valid JSON: {error}") from None
     module = args.module or DEFAULT_MODULE
-    num_classes = args.num_classes or DATASETS[args.dataset].num_classes
-    kwargs = network_arguments(load_network_class(module), num_classes, args.img_size, **extra)
+    info = checked_info(args.dataset)
+    num_classes = args.num_classes or info.num_classes
+    kwargs = network_arguments(load_network_class(module), num_classes, args.img_size, info.in_chans, **extra)
     logger.info("%s is a plain state dict: loading it into %s(%s)", path, module, kwargs)
     return model_from_payload(payload, path, module, kwargs).eval(), kwargs, {}, path
+
+
+def checked_info(dataset: str) -> DatasetInfo:
+    """The table entry of ``dataset``; a UserError (one line) for an unknown name or bad JSON."""
+    try:
+        return dataset_info(dataset)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def submit(executor: Executor | None, fn, *args: Any) -> Future:
@@ -225,15 +242,20 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--num_classes {args.num_classes} disagrees with {ckpt}, which predicts {num_classes} classes")
     img_size = args.img_size or train_args.get("img_size") or kwargs.get("img_size") or 224
     dataset = train_args.get("dataset", args.dataset)
-    names = class_names(DATASETS[dataset], num_classes)
-    volume_path = Path(args.volume_path or DATASETS[dataset].test_path)
+    info = checked_info(dataset)
+    names = class_names(info, num_classes)
+    volume_path = Path(args.volume_path or info.test_path)
+    if info.kind == IMAGES:
+        list_file = Path(args.list_dir or info.list_dir) / info.test_list
+        evaluate_2d(model, SkinCases(volume_path, list_file, num_classes), num_classes, img_size, names, save_dir, args, device)
+        return
 
     scans = find_nifti(volume_path)
     if scans:
-        segment_scans(model, scans, img_size, names, save_dir, args, device)
+        segment_scans(model, scans, img_size, names, save_dir, args, device, info.intensity_clip)
         return
     folder = volume_path / VOLUME_FOLDER if (volume_path / VOLUME_FOLDER).is_dir() else volume_path
-    list_file = Path(args.list_dir or DATASETS[dataset].list_dir) / "test_vol.txt"
+    list_file = Path(args.list_dir or info.list_dir) / info.test_list
     volumes = SynapseVolumes(folder, list_file, num_classes)
     unit = "voxels" if spacing_choice == "voxel" else "mm"
     logger.info("evaluating %d volume(s) of %s at %dx%d, convention %r, HD95 in %s",
@@ -302,9 +324,53 @@ def report(scores: np.ndarray, cases: list[str], names: list[str], convention: s
     return result
 
 
+def evaluate_2d(model, cases: SkinCases, num_classes: int, img_size: int, names: list[str], save_dir: Path,
+                args: argparse.Namespace, device: torch.device) -> dict:
+    """Score 2D images with the pixel metrics of utils.images: data-set figures from the
+    confusion counts pooled over all images, plus each image's own; writes metrics.json,
+    metrics.csv and, with --save_png, NAME_pred.png (class ids scaled to 0..255)."""
+    logger.info("evaluating %d image(s) of %s at %dx%d", len(cases), cases.root, img_size, img_size)
+    counts, cases_done = [], []
+    for case in tqdm(cases, desc="images", leave=False):
+        prediction = predict_image(model, case["image"], (img_size, img_size), device, args.amp)
+        counts.append(confusion(prediction, case["label"], num_classes))
+        cases_done.append(case["case_name"])
+        if args.save_png:
+            scale = PNG_MAX // max(1, num_classes - 1)
+            Image.fromarray(prediction * np.uint8(scale)).save(save_dir / f"{case['case_name']}_pred.png")
+    counts = np.stack(counts)
+    pooled = scores(counts.sum(axis=0))
+    per_image = scores(counts)  # (images, classes - 1, metrics)
+    logger.info("%-14s %s", "class", " ".join(f"{m:>12}" for m in METRIC_NAMES))
+    for name, row in zip(names, pooled):
+        logger.info("%-14s %s", name, " ".join(f"{100 * v:12.2f}" for v in row))
+    logger.info("pixels of %d image(s) pooled into one confusion matrix per class (percent); results in %s",
+                len(cases_done), save_dir)
+    result = {
+        "pooling": "pixels of all images",
+        **{metric: float(value) for metric, value in zip(METRIC_NAMES, pooled.mean(axis=0))},
+        "per_class": [{"class": c, "name": name, **dict(zip(METRIC_NAMES, map(float, row))),
+                       **dict(zip(("tp", "fp", "fn", "tn"), map(int, total)))}
+                      for c, (name, row, total) in enumerate(zip(names, pooled, counts.sum(axis=0)), 1)],
+        "cases": [{"case": case, **{metric: values[:, k].tolist() for k, metric in enumerate(METRIC_NAMES)}}
+                  for case, values in zip(cases_done, per_image)],
+    }
+    (save_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(save_dir / "metrics.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["case", "class", "name", *METRIC_NAMES])
+        for case, values in zip(cases_done, per_image):
+            for c, (name, row) in enumerate(zip(names, values), 1):
+                writer.writerow([case, c, name, *(f"{v:.6f}" for v in row)])
+        for c, (name, row) in enumerate(zip(names, pooled), 1):
+            writer.writerow(["pooled", c, name, *(f"{v:.6f}" for v in row)])
+    return result
+
+
 def segment_scans(model, scans: list[Path], img_size: int, names: list[str], save_dir: Path,
-                  args: argparse.Namespace, device: torch.device) -> None:
-    """Predict unlabeled NIfTI CT scans (in HU) and write label volumes with their geometry."""
+                  args: argparse.Namespace, device: torch.device, clip: tuple[float, float] | None) -> None:
+    """Predict unlabeled NIfTI scans and write label volumes with their geometry. Intensities
+    are clipped to the data set's window ``clip`` (CT: HU) if any, then min-max scaled."""
     logger.info("segmenting %d NIfTI scan(s); no labels, so no metrics", len(scans))
     for path in tqdm(scans, desc="scans", leave=False):
         try:
@@ -314,7 +380,7 @@ def segment_scans(model, scans: list[Path], img_size: int, names: list[str], sav
         volume = sitk.GetArrayFromImage(scan).astype(np.float32)
         if volume.ndim != 3:
             raise DataError(f"{path} has {volume.ndim} dimensions; expected a 3D scan")
-        image = normalise_ct(volume)
+        image = normalise_volume(volume, clip)
         prediction = predict_volume(model, image, (img_size, img_size), args.batch_size, device, args.amp)
         out = sitk.GetImageFromArray(prediction)
         out.CopyInformation(scan)

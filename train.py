@@ -31,7 +31,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from datasets.augment import AUGMENTATIONS
-from datasets.catalog import DATASETS, class_names
+from datasets.catalog import DATASETS, IMAGES, class_names, dataset_info
+from datasets.isic import SkinCases, SkinImages
 from datasets.synapse import DataError, SynapseSlices, SynapseVolumes, read_list, slices_to_volumes, split_cases
 from utils import UserError, build_network, load_network_class, network_arguments
 from utils.checkpoint import (
@@ -43,6 +44,7 @@ from utils.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from utils.images import METRIC_NAMES, evaluate_images, scores
 from utils.inference import AMP_DTYPES, autocast, evaluate_volume
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
@@ -66,10 +68,12 @@ class TrainingStopped(UserError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data (defaults come from the --dataset table)")
-    data.add_argument("--dataset", default="Synapse", choices=sorted(DATASETS), help="data set of the table in datasets/catalog.py")
-    data.add_argument("--root_path", help="folder of the training slices (.npz)")
-    data.add_argument("--test_path", help="folder of the test volumes (.npy.h5), for the periodic test-set evaluation")
-    data.add_argument("--list_dir", help="folder holding train.txt and test_vol.txt")
+    data.add_argument("--dataset", default="Synapse",
+                      help=f"a data set of the table in datasets/catalog.py ({', '.join(DATASETS)}) or the path of "
+                           "the dataset.json that datasets.prepare_nifti writes for your own data")
+    data.add_argument("--root_path", help="folder of the training slices (.npz), or of images/ and masks/ for 2D image data")
+    data.add_argument("--test_path", help="folder of the evaluation volumes (.npy.h5) or images, for the periodic evaluation")
+    data.add_argument("--list_dir", help="folder holding the list files (train.txt, test_vol.txt, ...)")
     data.add_argument("--num_classes", type=int, help="classes including background")
     data.add_argument("--img_size", type=int, default=224, help="network input size; slices are resized to it")
     data.add_argument("--z_spacing", type=int, default=1, help="accepted for compatibility; used by test.py's NIfTI output")
@@ -126,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
 def resolve_arguments(args: argparse.Namespace) -> list[str]:
     """Fill the flags left unset from the --dataset table and check the rest. Returns notes
     about every value that was filled in or derived, for the log."""
-    info = DATASETS[args.dataset]
+    try:
+        info = dataset_info(args.dataset)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     notes = []
     for flag, default in (("num_classes", info.num_classes), ("root_path", info.root_path),
-                          ("test_path", info.test_path), ("list_dir", info.list_dir)):
+                          ("test_path", info.test_path), ("list_dir", info.list_dir), ("in_chans", info.in_chans)):
+        if default is None:
+            continue
         if getattr(args, flag) is None:
             setattr(args, flag, default)
             notes.append(f"--{flag} {default} (from --dataset {args.dataset})")
@@ -146,6 +155,9 @@ def resolve_arguments(args: argparse.Namespace) -> list[str]:
         raise UserError(f"--ce_weight and --dice_weight must be non-negative and not both 0, got {args.ce_weight}, {args.dice_weight}")
     if args.val_cases < 0:
         raise UserError(f"--val_cases must be 0 or more, got {args.val_cases}")
+    if args.val_cases and info.kind == IMAGES:
+        raise UserError(f"--val_cases is for volume data; --dataset {args.dataset} evaluates on its list "
+                        f"{info.val_list or info.test_list} (edit that list to change the validation images)")
     try:
         args.model_kwargs_dict = json.loads(args.model_kwargs)
     except json.JSONDecodeError as error:
@@ -208,16 +220,22 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_datasets(args: argparse.Namespace, rank: int) -> tuple[SynapseSlices, list[dict] | SynapseVolumes, str]:
-    """The training slices and the evaluation volumes: held-out validation cases when
-    --val_cases K > 0, else the test volumes (the published practice)."""
+def make_datasets(args: argparse.Namespace, rank: int) -> tuple[SynapseSlices | SkinImages, list[dict] | SynapseVolumes | SkinCases, str]:
+    """The training data and the evaluation cases: held-out validation cases when
+    --val_cases K > 0, else the table's validation list when it has one, else the test list
+    (the published practice)."""
+    info = dataset_info(args.dataset)
     list_dir = Path(args.list_dir)
-    train_list = list_dir / "train.txt"
+    train_list = list_dir / info.train_list
     img_size = (args.img_size, args.img_size)
+    eval_list, eval_kind = (info.val_list, "validation") if info.val_list else (info.test_list, "test")
+    if info.kind == IMAGES:
+        train_set = SkinImages(args.root_path, train_list, args.num_classes, img_size, augment=args.augment != "none")
+        return train_set, SkinCases(args.test_path, list_dir / eval_list, args.num_classes), eval_kind
     if args.val_cases == 0:
         train_set = SynapseSlices(args.root_path, train_list, args.num_classes, img_size, augment=args.augment)
-        evaluation = SynapseVolumes(args.test_path, list_dir / "test_vol.txt", args.num_classes)
-        return train_set, evaluation, "test"
+        evaluation = SynapseVolumes(args.test_path, list_dir / eval_list, args.num_classes)
+        return train_set, evaluation, eval_kind
     try:
         names = read_list(train_list)
         train_names, val_cases = split_cases(names, args.val_cases)
@@ -236,7 +254,7 @@ def make_datasets(args: argparse.Namespace, rank: int) -> tuple[SynapseSlices, l
     return train_set, validation, "validation"
 
 
-def evaluation_due(epoch: int, args: argparse.Namespace, last_epoch: int) -> bool:
+def evaluation_due(epoch: int, args: argparse.Namespace, last_epoch: int, eval_kind: str) -> bool:
     """Evaluate every --eval_interval epochs -- from half-way on when evaluating on the test set,
     as the published code does -- and always after the last epoch."""
     done = epoch + 1
@@ -244,7 +262,7 @@ def evaluation_due(epoch: int, args: argparse.Namespace, last_epoch: int) -> boo
         return True
     if done % args.eval_interval:
         return False
-    return args.val_cases > 0 or done >= args.max_epochs / 2
+    return eval_kind == "validation" or done >= args.max_epochs / 2
 
 
 def evaluate(model: torch.nn.Module, cases, args: argparse.Namespace, device: torch.device) -> tuple[np.ndarray, list[str], dict]:
@@ -263,6 +281,26 @@ def evaluate(model: torch.nn.Module, cases, args: argparse.Namespace, device: to
             example = {"image": case["image"][middle], "prediction": prediction[middle], "label": case["label"][middle]}
     model.train()
     return np.mean(scores, axis=0), names, example
+
+
+def evaluate_2d(model: torch.nn.Module, cases: SkinCases, args: argparse.Namespace, device: torch.device, eval_kind: str,
+                epoch: int, writer: SummaryWriter, iteration: int) -> tuple[float, dict]:
+    """Score 2D images on the confusion counts pooled over all of them (see utils.images); logs
+    and writes the scalars. Returns the mean pooled Dice over the foreground classes and an
+    example for the panel (image in grey)."""
+    model.eval()
+    counts, names, example = evaluate_images(model, cases, args.num_classes, (args.img_size, args.img_size), device, args.amp)
+    model.train()
+    pooled = scores(counts.sum(axis=0))  # (classes - 1, metrics)
+    means = pooled.mean(axis=0)
+    logger.info("%s evaluation after epoch %d (%d images, pixels pooled): %s", eval_kind, epoch, len(names),
+                ", ".join(f"{metric} {value:.4f}" for metric, value in zip(METRIC_NAMES, means)))
+    for name, row in zip(class_names(dataset_info(args.dataset), args.num_classes), pooled):
+        logger.info("  %-12s %s", name, "  ".join(f"{metric} {value:.4f}" for metric, value in zip(METRIC_NAMES, row)))
+    for metric, value in zip(METRIC_NAMES, means):
+        writer.add_scalar(f"{eval_kind}/{metric}", value, iteration)
+    example = {**example, "image": example["image"].mean(axis=2) / 255.0}
+    return float(means[0]), example
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -341,8 +379,10 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
     if args.max_iterations is not None and args.max_iterations < max_iterations:
         max_iterations = args.max_iterations
     last_epoch = math.ceil(max_iterations / iterations_per_epoch) - 1
-    logger.info("%d training slices, %d iterations per epoch, %d iterations in all; evaluation on %d %s volume(s)",
-                len(train_set), iterations_per_epoch, max_iterations, len(eval_cases), eval_kind)
+    unit = "image" if dataset_info(args.dataset).kind == IMAGES else "volume"
+    logger.info("%d training %s, %d iterations per epoch, %d iterations in all; evaluation on %d %s %s(s)",
+                len(train_set), "images" if unit == "image" else "slices", iterations_per_epoch, max_iterations,
+                len(eval_cases), eval_kind, unit)
     if eval_kind == "test":
         logger.info("evaluating on the TEST volumes, as the published code does (no held-out validation; "
                     "--val_cases K holds out K training cases instead); best.pth is only written with --val_cases")
@@ -409,16 +449,19 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
             writer.add_image("train/image_truth_prediction",
                              panel(example, logits[0].argmax(0).cpu().numpy(), batch["label"][0].numpy(), args.num_classes), iteration)
 
-        if main_process and evaluation_due(epoch, args, last_epoch):
+        if main_process and evaluation_due(epoch, args, last_epoch, eval_kind):
             # Rank 0 evaluates alone, so it must not go through DDP's collective forward.
-            means, names, example = evaluate(unwrap(model), eval_cases, args, device)
-            mean_dice, mean_hd95 = means.mean(axis=0)
-            logger.info("%s evaluation after epoch %d (%d cases): mean Dice %.4f, mean HD95 %.2f voxels",
-                        eval_kind, epoch, len(names), mean_dice, mean_hd95)
-            for name, (dice_c, hd_c) in zip(class_names(DATASETS[args.dataset], args.num_classes), means):
-                logger.info("  %-12s Dice %.4f  HD95 %.2f", name, dice_c, hd_c)
-            writer.add_scalar(f"{eval_kind}/mean_dice", mean_dice, iteration)
-            writer.add_scalar(f"{eval_kind}/mean_hd95", mean_hd95, iteration)
+            if dataset_info(args.dataset).kind == IMAGES:
+                mean_dice, example = evaluate_2d(unwrap(model), eval_cases, args, device, eval_kind, epoch, writer, iteration)
+            else:
+                means, names, example = evaluate(unwrap(model), eval_cases, args, device)
+                mean_dice, mean_hd95 = means.mean(axis=0)
+                logger.info("%s evaluation after epoch %d (%d cases): mean Dice %.4f, mean HD95 %.2f voxels",
+                            eval_kind, epoch, len(names), mean_dice, mean_hd95)
+                for name, (dice_c, hd_c) in zip(class_names(dataset_info(args.dataset), args.num_classes), means):
+                    logger.info("  %-12s Dice %.4f  HD95 %.2f", name, dice_c, hd_c)
+                writer.add_scalar(f"{eval_kind}/mean_dice", mean_dice, iteration)
+                writer.add_scalar(f"{eval_kind}/mean_hd95", mean_hd95, iteration)
             writer.add_image(f"{eval_kind}/image_truth_prediction",
                              panel(example["image"], example["prediction"], example["label"], args.num_classes), iteration)
             if eval_kind == "validation" and mean_dice > best_dice:

@@ -1,9 +1,26 @@
 """The table of data sets the scripts know by ``--dataset``; no data-set name is hard-coded
-anywhere else."""
+anywhere else.
+
+``--dataset`` is a name of the table (``Synapse``, ``ACDC``, ``ISIC2018``) or the path of a
+``dataset.json`` that ``python -m datasets.prepare_nifti`` writes next to a user's converted
+data; its entry is built from that file, with the data folders beside it.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+from datasets.prepare_synapse import HU_MAX, HU_MIN
+
+VOLUMES = "volumes"  # 2D training slices (.npz), 3D test volumes (.npy.h5); Dice and HD95 per class
+IMAGES = "images"  # 2D images (.jpg) with masks (_segmentation.png); pooled pixel metrics
+KINDS = (VOLUMES, IMAGES)
+VOLUME_METRICS = ("dice", "hd95")
+SKIN_METRICS = ("dice", "iou", "sensitivity", "specificity", "accuracy")
+DATASET_JSON = "dataset.json"
+JSON_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -13,10 +30,18 @@ class DatasetInfo:
     Attributes:
         num_classes: classes including background.
         class_names: names of classes 1..num_classes-1, in id order.
-        list_dir: folder of ``train.txt`` / ``test_vol.txt``.
-        root_path: default folder of the training slices (``--root_path``).
-        test_path: default folder of the test volumes (``--test_path`` / ``--volume_path``).
+        list_dir: folder of the list files.
+        root_path: default folder of the training data (``--root_path``).
+        test_path: default folder of the test data (``--test_path`` / ``--volume_path``).
         z_spacing: slice spacing written into saved NIfTI predictions (``--z_spacing``).
+        kind: ``VOLUMES`` (Synapse format) or ``IMAGES`` (2D RGB images with masks).
+        in_chans: input channels given to the network; None leaves the network's default (a
+            1-channel image is repeated to what the network takes).
+        train_list, test_list: file names of the training and test lists in ``list_dir``.
+        val_list: list of validation cases or images for train.py's periodic evaluation and
+            best.pth; None evaluates on the test list, as the published Synapse code does.
+        intensity_clip: (low, high) window applied before the per-volume min-max scaling to
+            [0, 1] of NIfTI scans; None scales the raw range (MRI).
     """
 
     num_classes: int
@@ -25,6 +50,18 @@ class DatasetInfo:
     root_path: str
     test_path: str
     z_spacing: int = 1
+    kind: str = VOLUMES
+    in_chans: int | None = None
+    train_list: str = "train.txt"
+    test_list: str = "test_vol.txt"
+    val_list: str | None = None
+    intensity_clip: tuple[float, float] | None = None
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What test.py reports for this kind of data: Dice and HD95 per class for volumes, the
+        pooled pixel metrics (utils/images.py) for images."""
+        return SKIN_METRICS if self.kind == IMAGES else VOLUME_METRICS
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -34,16 +71,86 @@ DATASETS: dict[str, DatasetInfo] = {
         list_dir="./lists/lists_Synapse",
         root_path="./data/Synapse/train_npz",
         test_path="./data/Synapse/test_vol_h5",
+        intensity_clip=(HU_MIN, HU_MAX),
+    ),
+    # Cardiac cine MRI (ACDC 2017), converted by datasets.prepare_acdc: ED and ES frames,
+    # 70 / 10 / 20 training / validation / test patients.
+    "ACDC": DatasetInfo(
+        num_classes=4,
+        class_names=("right ventricle", "myocardium", "left ventricle"),
+        list_dir="./lists/lists_ACDC",
+        root_path="./data/ACDC/train_npz",
+        test_path="./data/ACDC/test_vol_h5",
+        val_list="val_vol.txt",
+    ),
+    # Dermoscopy (ISIC 2018 task 1): DATA/images/NAME.jpg, DATA/masks/NAME_segmentation.png.
+    "ISIC2018": DatasetInfo(
+        num_classes=2,
+        class_names=("lesion",),
+        list_dir="./lists/lists_ISIC2018",
+        root_path="./data/ISIC2018",
+        test_path="./data/ISIC2018",
+        kind=IMAGES,
+        in_chans=3,
+        test_list="test.txt",
+        val_list="val.txt",
     ),
 }
 
 
+def _json_error(path: Path, problem: str) -> ValueError:
+    return ValueError(f"--dataset {path}: {problem}; write it with python -m datasets.prepare_nifti "
+                      '(it holds e.g. {"class_names": ["liver", "tumour"]})')
+
+
+def load_dataset_json(path: str | Path) -> DatasetInfo:
+    """The entry of a user's data set from its ``dataset.json``.
+
+    The file holds ``class_names`` (names of classes 1..K, background excluded) and optionally
+    ``intensity_clip`` ([low, high] or null). The data lie beside it: ``train_npz/``,
+    ``test_vol_h5/`` and ``lists/``.
+
+    Raises:
+        ValueError: the file is missing, not JSON, or its fields are malformed (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _json_error(path, "the file does not exist")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _json_error(path, f"not valid JSON ({error})") from None
+    names = content.get("class_names") if isinstance(content, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise _json_error(path, "'class_names' must be a non-empty list of names of classes 1..K")
+    clip = content.get("intensity_clip")
+    if clip is not None and (not isinstance(clip, list) or len(clip) != 2
+                             or not all(isinstance(v, (int, float)) for v in clip) or clip[0] >= clip[1]):
+        raise _json_error(path, f"'intensity_clip' must be null or [low, high] with low < high, got {clip!r}")
+    folder = path.parent
+    return DatasetInfo(
+        num_classes=len(names) + 1,
+        class_names=tuple(names),
+        list_dir=str(folder / "lists"),
+        root_path=str(folder / "train_npz"),
+        test_path=str(folder / "test_vol_h5"),
+        intensity_clip=None if clip is None else (float(clip[0]), float(clip[1])),
+    )
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """The table entry of ``--dataset name``."""
+    """The table entry of ``--dataset name``, or the entry a ``dataset.json`` path describes.
+
+    Raises:
+        ValueError: an unknown name or a bad ``dataset.json`` (one line).
+    """
+    if name.endswith(JSON_SUFFIX):
+        return load_dataset_json(name)
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"--dataset {name!r} is not known; choose one of {', '.join(DATASETS)}") from None
+        raise ValueError(f"--dataset {name!r} is not known; choose one of {', '.join(DATASETS)} "
+                         f"or give the path of a {DATASET_JSON}") from None
 
 
 def class_names(info: DatasetInfo, num_classes: int) -> list[str]:

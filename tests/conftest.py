@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,6 +25,14 @@ SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a repository script the way a user does, from the repository root."""
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=SCRIPT_ENV)
+
+
+def load_test_script():
+    """test.py as a module (``import test`` could find the standard library's test package)."""
+    spec = importlib.util.spec_from_file_location("test_script", REPO / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_train_args(data: dict, output_dir: Path, *extra: str) -> list[str]:

@@ -1,0 +1,112 @@
+"""Shared steps of the converters to the Synapse format: reading NIfTI pairs, intensity scaling,
+writing training slices and test volumes, and the deterministic 70 / 10 / 20 split rule.
+
+Output layout (what ``datasets.synapse`` reads)::
+
+    OUT/train_npz/CASE_sliceNNN.npz   image, label: float32 (H, W); one slice per file
+    OUT/test_vol_h5/CASE.npy.h5       image, label: float32 (D, H, W); attribute spacing (z, y, x) mm
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import SimpleITK as sitk
+
+from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, slice_name
+from datasets.synapse import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError
+
+TRAIN, VAL, TEST = "train", "val", "test"
+# The split rule on 1-based numbers n: every 5th to test, n = 2 (mod 10) to validation, the rest
+# to training. Any 20 consecutive numbers split 14 / 2 / 4, so ACDC's five pathology groups of
+# 20 patients each are split alike.
+TEST_EVERY = 5
+VAL_EVERY, VAL_OFFSET = 10, 2
+
+
+def split_role(number: int) -> str:
+    """``TRAIN``, ``VAL`` or ``TEST`` for case number ``number`` (1-based) by the split rule."""
+    if number % TEST_EVERY == 0:
+        return TEST
+    if number % VAL_EVERY == VAL_OFFSET:
+        return VAL
+    return TRAIN
+
+
+def normalise_volume(volume: np.ndarray, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """Clip to ``clip`` (if given), then min-max scale the volume to [0, 1].
+
+    Args:
+        volume: (D, H, W) raw intensities (CT in HU, MRI in scanner units).
+        clip: (low, high) window, or None to scale the raw range.
+
+    Returns:
+        float32 (D, H, W) in [0, 1]; all zeros for a constant volume. With clip (-125, 275) it
+        equals ``datasets.prepare_synapse.normalise_ct``.
+    """
+    values = volume.astype(np.float64)
+    if clip is not None:
+        values = np.clip(values, clip[0], clip[1])
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.zeros(volume.shape, np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def _read(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise DataError(f"{path} is not a readable NIfTI file: {' '.join(str(error).split())[:200]}") from None
+
+
+def read_nifti_pair(image_path: Path, label_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read a 3D image and its label volume.
+
+    Returns:
+        image (D, H, W) as stored, label float32 (D, H, W) class ids, spacing (z, y, x) in mm.
+
+    Raises:
+        DataError: unreadable file, not 3D, shapes differ, or labels outside [0, num_classes).
+    """
+    image_itk, label_itk = _read(image_path), _read(label_path)
+    image, label = sitk.GetArrayFromImage(image_itk), sitk.GetArrayFromImage(label_itk)
+    if image.ndim != 3:
+        raise DataError(f"{image_path} has {image.ndim} dimensions {image.shape}; expected a 3D volume")
+    if image.shape != label.shape:
+        raise DataError(f"{image_path} has shape {image.shape} (z, y, x) but {label_path} has {label.shape}; they must match")
+    fractional = np.issubdtype(label.dtype, np.floating) and (label != np.round(label)).any()
+    if fractional or label.min() < 0 or label.max() >= num_classes:
+        raise DataError(f"{label_path}: label values span [{label.min():g}, {label.max():g}]"
+                        + (" with fractions" if fractional else "")
+                        + f"; expected class ids 0..{num_classes - 1}")
+    x, y, z = image_itk.GetSpacing()
+    return image, label.astype(np.float32), (float(z), float(y), float(x))
+
+
+def write_training_slices(train_dir: Path, case: str, image: np.ndarray, label: np.ndarray) -> list[str]:
+    """Write each slice of a case as ``train_dir/CASE_sliceNNN.npz``; returns the slice names."""
+    train_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(image.shape[0]):
+        name = slice_name(case, index)
+        np.savez(train_dir / (name + SLICE_SUFFIX), image=image[index].astype(np.float32),
+                 label=label[index].astype(np.float32))
+        names.append(name)
+    return names
+
+
+def write_volume(test_dir: Path, case: str, image: np.ndarray, label: np.ndarray,
+                 spacing: Sequence[float] | None) -> Path:
+    """Write a case as ``test_dir/CASE.npy.h5`` (float32 image and label, spacing attribute)."""
+    test_dir.mkdir(parents=True, exist_ok=True)
+    path = test_dir / (case + VOLUME_SUFFIX)
+    with h5py.File(path, "w") as file:
+        file.create_dataset(IMAGE_KEY, data=image.astype(np.float32))
+        file.create_dataset(LABEL_KEY, data=label.astype(np.float32))
+        if spacing is not None:
+            file.attrs[SPACING_ATTR] = np.asarray(spacing, np.float64)
+    return path

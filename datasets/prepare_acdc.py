@@ -1,0 +1,142 @@
+"""Convert the ACDC challenge's raw cine MRI (NIfTI) to the Synapse format used by train.py / test.py.
+
+Input: the challenge's training folder, ``RAW/patientXXX/patientXXX_frameYY.nii.gz`` with
+``patientXXX_frameYY_gt.nii.gz`` (found at any depth below RAW, so a flat folder works too).
+Only the two annotated frames of each patient, end-diastole and end-systole, have a ``_gt``
+file; both are converted, each as its own case ``patientXXX_frameYY``. Labels are ACDC's own
+ids (0 background, 1 right ventricle, 2 myocardium, 3 left ventricle) and are kept.
+
+For each frame:
+
+1. read with SimpleITK; array axes (z, y, x), so short-axis slices run along the first axis;
+2. min-max scale the volume to [0, 1] (MRI has no absolute scale, so no window);
+3. split by patient number n (``datasets.convert.split_role``): test when n % 5 == 0,
+   validation when n % 10 == 2, training otherwise -- 70 / 10 / 20 of the 100 training
+   patients, 14 / 2 / 4 of each of ACDC's five pathology groups (patients 1-20, 21-40, ...);
+4. training frames -> ``OUT/train_npz/patientXXX_frameYY_sliceNNN.npz``; validation and test
+   frames -> ``OUT/test_vol_h5/patientXXX_frameYY.npy.h5`` with their spacing (z, y, x) mm;
+5. write ``train.txt``, ``val_vol.txt`` and ``test_vol.txt`` into ``--list_dir`` (default: the
+   table's ``lists/lists_ACDC``).
+
+Usage::
+
+    python -m datasets.prepare_acdc --raw ACDC/database/training --out data/ACDC
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from datasets.catalog import DATASETS
+from datasets.convert import TEST, TRAIN, VAL, normalise_volume, read_nifti_pair, split_role, write_training_slices, write_volume
+from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
+from datasets.synapse import DataError
+
+logger = logging.getLogger(__name__)
+
+ACDC = DATASETS["ACDC"]
+_IMAGE = re.compile(r"^patient(?P<patient>\d+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
+_LABEL_TAG = "_gt"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One annotated frame: case name ``patientXXX_frameYY``, patient number, NIfTI files."""
+
+    name: str
+    patient: int
+    image: Path
+    label: Path
+
+
+def find_frames(raw_dir: str | Path) -> list[Frame]:
+    """Every ``patientXXX_frameYY.nii[.gz]`` below ``raw_dir`` that has its ``_gt`` label.
+
+    Frames without a label (the 4D files, unannotated frames) are not matched. Returns the
+    frames sorted by name.
+
+    Raises:
+        DataError: the folder is missing or holds no annotated frame.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise DataError(f"--raw {raw_dir} does not exist; pass the ACDC training folder (patient001/, patient002/, ...)")
+    frames = []
+    for path in sorted(raw_dir.rglob("patient*_frame*.nii*")):
+        match = _IMAGE.match(path.name)
+        if match is None:
+            continue
+        suffix = path.name[path.name.index(".nii"):]
+        label = path.with_name(path.name[: -len(suffix)] + _LABEL_TAG + suffix)
+        if not label.is_file():
+            logger.warning("skipping %s: no %s", path, label.name)
+            continue
+        name = f"patient{int(match['patient']):03d}_frame{int(match['frame']):02d}"
+        frames.append(Frame(name, int(match["patient"]), path, label))
+    if not frames:
+        raise DataError(f"--raw {raw_dir} holds no patientXXX_frameYY.nii.gz with a _gt label; "
+                        "pass the ACDC training folder")
+    return sorted(frames, key=lambda frame: frame.name)
+
+
+def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """Convert raw ACDC to the Synapse format under ``out_dir`` (see the module docstring).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``: the case names of each split.
+    """
+    frames = find_frames(raw_dir)
+    out_dir = Path(out_dir)
+    list_dir = Path(list_dir if list_dir is not None else ACDC.list_dir)
+    done: dict[str, list[str]] = {TRAIN: [], VAL: [], TEST: []}
+    slices: list[str] = []
+    for frame in tqdm(frames, desc="ACDC -> Synapse format", unit="frame"):
+        image, label, spacing = read_nifti_pair(frame.image, frame.label, ACDC.num_classes)
+        image = normalise_volume(image)
+        role = split_role(frame.patient)
+        if role == TRAIN:
+            slices += write_training_slices(out_dir / TRAIN_DIR, frame.name, image, label)
+        else:
+            write_volume(out_dir / TEST_DIR, frame.name, image, label, spacing)
+        done[role].append(frame.name)
+    for file_name, names in ((ACDC.train_list, slices), (ACDC.val_list, done[VAL]), (ACDC.test_list, done[TEST])):
+        if names:
+            write_list(list_dir / file_name, names)
+        else:
+            logger.warning("no frames for %s; not written", list_dir / file_name)
+    logger.info("converted %d training frames (%d slices), %d validation and %d test frames into %s; lists in %s",
+                len(done[TRAIN]), len(slices), len(done[VAL]), len(done[TEST]), out_dir, list_dir)
+    return done
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.prepare_acdc",
+        description="Convert raw ACDC cine MRI (patientXXX_frameYY.nii.gz + _gt) to train_npz/ slices and "
+                    "test_vol_h5/ volumes with a 70/10/20 patient split.",
+    )
+    parser.add_argument("--raw", required=True, type=Path, help="ACDC training folder (patient001/ ... patient100/)")
+    parser.add_argument("--out", required=True, type=Path, help="output data folder (the table's default: ./data/ACDC)")
+    parser.add_argument("--list_dir", type=Path, help=f"where the lists go (default {ACDC.list_dir})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        convert(args.raw, args.out, args.list_dir)
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    main()

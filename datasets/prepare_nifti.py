@@ -1,0 +1,187 @@
+"""Convert your own labelled NIfTI volumes to the Synapse format, with a ``dataset.json`` that
+train.py and test.py take as ``--dataset``.
+
+Input:
+
+- ``--images DIR``: 3D scans ``NAME.nii.gz`` (or ``.nii``); an nnU-Net-style channel suffix
+  ``NAME_0000.nii.gz`` is accepted and dropped from the case name;
+- ``--labels DIR``: label volumes ``NAME.nii.gz`` of the same size, voxel values the class ids
+  0 (background), 1..K;
+- ``--classes classes.json``: the names of classes 1..K, e.g. ``{"1": "liver", "2": "tumour"}``
+  (an entry "0" for the background is allowed and ignored).
+
+Each volume is clipped to ``--clip LOW HIGH`` if given (e.g. -125 275 for abdominal CT in HU),
+then min-max scaled to [0, 1]. Cases are sorted by name; ``--test_fraction`` of them (at least
+one, evenly spread over the sorted order) become test volumes, the rest training slices.
+
+Output::
+
+    OUT/train_npz/NAME_sliceNNN.npz, OUT/test_vol_h5/NAME.npy.h5, OUT/lists/{train,test_vol}.txt
+    OUT/dataset.json    {"class_names": [...], "intensity_clip": [low, high] or null}
+
+Then::
+
+    python train.py --dataset OUT/dataset.json --module networks.DAEFormer.DAEFormer ...
+    python test.py --output_dir ./model_out        # the checkpoint remembers --dataset
+
+Usage::
+
+    python -m datasets.prepare_nifti --images imagesTr --labels labelsTr --classes classes.json --out data/mine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from datasets.catalog import DATASET_JSON, DatasetInfo, load_dataset_json
+from datasets.convert import normalise_volume, read_nifti_pair, write_training_slices, write_volume
+from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
+from datasets.synapse import DataError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+CHANNEL_SUFFIX = "_0000"  # nnU-Net names single-channel images NAME_0000.nii.gz
+DEFAULT_TEST_FRACTION = 0.2
+LIST_DIR = "lists"
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """Names of classes 1..K from a JSON object ``{"1": name, ..., "K": name}``.
+
+    Raises:
+        DataError: missing file, bad JSON, ids that are not 1..K without gaps, empty names.
+    """
+    path = Path(path)
+    hint = 'write e.g. {"1": "liver", "2": "tumour"}'
+    if not path.is_file():
+        raise DataError(f"--classes {path} does not exist; {hint}")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"--classes {path} is not valid JSON ({error}); {hint}") from None
+    if not isinstance(content, dict):
+        raise DataError(f"--classes {path} must hold a JSON object of class id -> name; {hint}")
+    try:
+        classes = {int(key): value for key, value in content.items()}
+    except ValueError:
+        raise DataError(f"--classes {path}: keys must be class ids 1..K, got {sorted(content)}; {hint}") from None
+    classes.pop(0, None)
+    if sorted(classes) != list(range(1, len(classes) + 1)) or not classes:
+        raise DataError(f"--classes {path}: class ids must be 1..K without gaps, got {sorted(classes)}; {hint}")
+    if not all(isinstance(name, str) and name.strip() for name in classes.values()):
+        raise DataError(f"--classes {path}: every class needs a non-empty name")
+    return [classes[c].strip() for c in range(1, len(classes) + 1)]
+
+
+def _stem(path: Path) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.name
+
+
+def find_pairs(images: str | Path, labels: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(case name, image, label)`` for every NIfTI image with a label of the same name.
+
+    Raises:
+        DataError: a folder is missing or empty, or an image has no label.
+    """
+    images, labels = Path(images), Path(labels)
+    for flag, folder in (("--images", images), ("--labels", labels)):
+        if not folder.is_dir():
+            raise DataError(f"{flag} {folder} is not a folder")
+    scans = sorted(p for p in images.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    if not scans:
+        raise DataError(f"--images {images} holds no .nii.gz or .nii files")
+    pairs = []
+    for scan in scans:
+        name = _stem(scan).removesuffix(CHANNEL_SUFFIX)
+        label = next((labels / (name + s) for s in NIFTI_SUFFIXES if (labels / (name + s)).is_file()), None)
+        if label is None:
+            raise DataError(f"{scan} has no label {labels / (name + NIFTI_SUFFIXES[0])}; add it or move the image out")
+        pairs.append((name, scan, label))
+    return pairs
+
+
+def held_out_positions(count: int, fraction: float) -> set[int]:
+    """Indices (0-based, sorted order) of the test cases: ``round(fraction * count)`` of them,
+    at least one, at most count - 1, evenly spread."""
+    n_test = min(count - 1, max(1, round(fraction * count)))
+    return {int((k + 0.5) * count / n_test) for k in range(n_test)}
+
+
+def convert(images: str | Path, labels: str | Path, classes: str | Path, out_dir: str | Path,
+            test_fraction: float = DEFAULT_TEST_FRACTION, clip: Sequence[float] | None = None) -> DatasetInfo:
+    """Convert a NIfTI folder pair (see the module docstring).
+
+    Returns:
+        The data set's entry, as train.py will read it from ``OUT/dataset.json``.
+
+    Raises:
+        DataError: bad input (one line naming the file or flag).
+    """
+    names = read_classes(classes)
+    if not 0 < test_fraction < 1:
+        raise DataError(f"--test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    if clip is not None and not clip[0] < clip[1]:
+        raise DataError(f"--clip LOW HIGH needs LOW < HIGH, got {clip[0]} {clip[1]}")
+    pairs = find_pairs(images, labels)
+    if len(pairs) < 2:
+        raise DataError(f"--images {images} holds {len(pairs)} labelled volume; at least 2 are needed (training and test)")
+    out_dir = Path(out_dir)
+    testing = held_out_positions(len(pairs), test_fraction)
+    slices, tests = [], []
+    window = None if clip is None else (float(clip[0]), float(clip[1]))
+    for index, (name, image_path, label_path) in enumerate(tqdm(pairs, desc="NIfTI -> Synapse format", unit="case")):
+        image, label, spacing = read_nifti_pair(image_path, label_path, len(names) + 1)
+        image = normalise_volume(image, window)
+        if index in testing:
+            write_volume(out_dir / TEST_DIR, name, image, label, spacing)
+            tests.append(name)
+        else:
+            slices += write_training_slices(out_dir / TRAIN_DIR, name, image, label.astype(np.float32))
+    info_path = out_dir / DATASET_JSON
+    info_path.write_text(json.dumps({"class_names": names, "intensity_clip": None if window is None else list(window)},
+                                    indent=2) + "\n")
+    info = load_dataset_json(info_path)
+    write_list(Path(info.list_dir) / info.train_list, slices)
+    write_list(Path(info.list_dir) / info.test_list, tests)
+    logger.info("converted %d training cases (%d slices) and %d test cases into %s; use --dataset %s",
+                len(pairs) - len(tests), len(slices), len(tests), out_dir, info_path)
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m datasets.prepare_nifti",
+                                     description="Convert labelled NIfTI volumes to the Synapse format plus a dataset.json.")
+    parser.add_argument("--images", required=True, type=Path, help="folder of 3D scans NAME.nii.gz")
+    parser.add_argument("--labels", required=True, type=Path, help="folder of label volumes NAME.nii.gz (ids 0..K)")
+    parser.add_argument("--classes", required=True, type=Path, help='JSON file {"1": "name", ..., "K": "name"}')
+    parser.add_argument("--out", required=True, type=Path, help="output data folder")
+    parser.add_argument("--test_fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                        help="share of the cases held out as test volumes (evenly spread over the sorted names)")
+    parser.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="intensity window before min-max scaling, e.g. -125 275 for abdominal CT (default: none)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        convert(args.images, args.labels, args.classes, args.out, args.test_fraction, args.clip)
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()
