@@ -16,7 +16,9 @@ from scipy.ndimage import zoom
 from datasets.prepare_synapse import normalise_ct
 from networks.DAEFormer import DAEFormer
 from tests.band_network import IntensityBands
-from tests.conftest import REPO, TINY_SIZE, run_script
+from tests.conftest import REPO, TINY_SIZE, load_test_script, run_script
+
+TEST_SCRIPT = load_test_script()
 from utils.checkpoint import load_checkpoint, model_from_payload
 from utils.inference import predict_volume
 
@@ -63,9 +65,9 @@ def bands_ckpt(tmp_path_factory):
 
 
 def evaluate(phantom, output_dir, *flags: str) -> dict:
-    result = run_script("test.py", "--volume_path", str(phantom["out_dir"]), "--list_dir", str(phantom["test_list"].parent),
-                        "--output_dir", str(output_dir), *flags)
-    assert result.returncode == 0, result.stderr
+    code = TEST_SCRIPT.main(["--volume_path", str(phantom["out_dir"]), "--list_dir", str(phantom["test_list"].parent),
+                             "--output_dir", str(output_dir), *flags])
+    assert code == 0
     return json.loads((output_dir / "test" / "metrics.json").read_text())
 
 
@@ -184,7 +186,7 @@ def test_new_nifti_scans_come_out_as_nifti_with_their_geometry(phantom, bands_ck
         (["--spacing", "1,2"], "--spacing '1,2' must be"),
     ],
 )
-def test_bad_input_is_a_one_line_error(phantom, tmp_path, flags, message):
-    result = run_script("test.py", "--volume_path", str(phantom["out_dir"]), "--output_dir", str(tmp_path), *flags)
-    assert result.returncode == 2
-    assert message in result.stderr and result.stderr.count("\n") == 1
+def test_bad_input_is_a_one_line_error(phantom, tmp_path, capsys, flags, message):
+    assert TEST_SCRIPT.main(["--volume_path", str(phantom["out_dir"]), "--output_dir", str(tmp_path), *flags]) == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and stderr.count("\n") == 1

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import train as train_script
 from tests.conftest import REPO, SCRIPT_ENV, run_script, tiny_train_args
 from train import build_parser, resolve_arguments
 from utils.checkpoint import load_checkpoint
@@ -89,8 +90,7 @@ def test_a_killed_run_resumes_from_last_pth_to_the_same_weights(phantom, tmp_pat
 
 
 def test_validation_cases_pick_best_pth(phantom, tmp_path):
-    result = run_script(*tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--val_cases", "1"))
-    assert result.returncode == 0, result.stderr
+    assert train_script.main(tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--val_cases", "1")[1:]) == 0
     assert (tmp_path / "val_cases.txt").read_text().split() == [phantom["train_case_ids"][-1]]
     assert (tmp_path / "best.pth").exists()
     assert "validation evaluation after epoch 0 (1 cases)" in (tmp_path / "log.txt").read_text()
@@ -105,11 +105,10 @@ def test_torchrun_with_two_cpu_processes_ends_with_identical_weights(phantom, tm
     assert "weights identical on all 2 processes: yes" in log
 
 
-def test_a_non_finite_loss_stops_the_run_with_a_clear_message(phantom, tmp_path):
-    result = run_script(*tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--base_lr", "1e30"))
-    assert result.returncode == 2
-    assert "the loss became" in result.stderr and "lower --base_lr" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_a_non_finite_loss_stops_the_run_with_a_clear_message(phantom, tmp_path, capsys):
+    assert train_script.main(tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--base_lr", "1e30")[1:]) == 2
+    stderr = capsys.readouterr().err
+    assert "train.py: error: the loss became" in stderr and "lower --base_lr" in stderr
 
 
 @pytest.mark.parametrize(
@@ -121,15 +120,18 @@ def test_a_non_finite_loss_stops_the_run_with_a_clear_message(phantom, tmp_path)
         (["--batch_size", "0"], "--batch_size must be at least 1"),
     ],
 )
-def test_bad_flags_are_one_line_errors_before_any_data_is_read(tmp_path, flags, message):
-    result = run_script("train.py", "--root_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"), *flags)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+def test_bad_flags_are_one_line_errors_before_any_data_is_read(tmp_path, capsys, flags, message):
+    argv = ["--root_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "out"), *flags]
+    assert train_script.main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
-def test_a_missing_list_names_the_file(tmp_path):
+def test_a_missing_list_is_a_one_line_error_from_the_shell(tmp_path):
     result = run_script("train.py", "--root_path", str(tmp_path), "--list_dir", str(tmp_path / "lists"),
                         "--output_dir", str(tmp_path / "out"), "--module", "networks.UNet.UNet")
     assert result.returncode == 2
-    assert str(tmp_path / "lists" / "train.txt") in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("train.py: error: ") and str(tmp_path / "lists" / "train.txt") in last_line
+    assert "Traceback" not in result.stderr
