@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 DATA=${DATA:-data/phantom}
 OUT=${OUT:-runs/demo}
-EPOCHS=${EPOCHS:-16}
+EPOCHS=${EPOCHS:-24}
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
 python3 -m datasets.phantom --out "$DATA" --overwrite

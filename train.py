@@ -345,6 +345,7 @@ def check_finite(loss: torch.Tensor, epoch: int, iteration: int, output_dir: Pat
 
 def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
     notes = resolve_arguments(args)
+    info = dataset_info(args.dataset)
     device, rank, world_size = setup_device(args.device)
     main_process = rank == 0
     output_dir = Path(args.output_dir)
@@ -379,7 +380,7 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
     if args.max_iterations is not None and args.max_iterations < max_iterations:
         max_iterations = args.max_iterations
     last_epoch = math.ceil(max_iterations / iterations_per_epoch) - 1
-    unit = "image" if dataset_info(args.dataset).kind == IMAGES else "volume"
+    unit = "image" if info.kind == IMAGES else "volume"
     logger.info("%d training %s, %d iterations per epoch, %d iterations in all; evaluation on %d %s %s(s)",
                 len(train_set), "images" if unit == "image" else "slices", iterations_per_epoch, max_iterations,
                 len(eval_cases), eval_kind, unit)
@@ -451,14 +452,14 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
 
         if main_process and evaluation_due(epoch, args, last_epoch, eval_kind):
             # Rank 0 evaluates alone, so it must not go through DDP's collective forward.
-            if dataset_info(args.dataset).kind == IMAGES:
+            if info.kind == IMAGES:
                 mean_dice, example = evaluate_2d(unwrap(model), eval_cases, args, device, eval_kind, epoch, writer, iteration)
             else:
                 means, names, example = evaluate(unwrap(model), eval_cases, args, device)
                 mean_dice, mean_hd95 = means.mean(axis=0)
                 logger.info("%s evaluation after epoch %d (%d cases): mean Dice %.4f, mean HD95 %.2f voxels",
                             eval_kind, epoch, len(names), mean_dice, mean_hd95)
-                for name, (dice_c, hd_c) in zip(class_names(dataset_info(args.dataset), args.num_classes), means):
+                for name, (dice_c, hd_c) in zip(class_names(info, args.num_classes), means):
                     logger.info("  %-12s Dice %.4f  HD95 %.2f", name, dice_c, hd_c)
                 writer.add_scalar(f"{eval_kind}/mean_dice", mean_dice, iteration)
                 writer.add_scalar(f"{eval_kind}/mean_hd95", mean_hd95, iteration)
