@@ -40,7 +40,7 @@ from datasets.synapse import DataError, SynapseVolumes
 from utils import UserError, load_network_class, network_arguments
 from utils.checkpoint import find_checkpoint, is_self_describing, load_checkpoint, model_from_payload
 from utils.images import METRIC_NAMES, confusion, predict_image, scores
-from utils.inference import AMP_DTYPES, predict_volume
+from utils.inference import AMP_DTYPES, CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size, predict_volume
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS, metrics_for_classes
 from utils.visualize import class_colours, panel
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")
     parser.add_argument("--max_epochs", type=int, default=400, help="with --model_name, picks {model_name}_epoch_{max_epochs-1}.pth")
     parser.add_argument("--img_size", type=int, help="network input size (default: the checkpoint's, else 224)")
-    parser.add_argument("--batch_size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument("--batch_size", type=int, help=f"slices per forward pass (default {GPU_BATCH_SIZE} on a GPU, "
+                                                        f"{CPU_BATCH_SIZE} on a CPU, where batching does not pay)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision for inference")
     parser.add_argument("--metric_convention", default="published", choices=CONVENTIONS,
@@ -225,7 +226,7 @@ def save_nifti(array: np.ndarray, path: Path, z_spacing: int) -> None:
 
 def run(args: argparse.Namespace) -> None:
     spacing_choice = parse_spacing(args.spacing)
-    if args.batch_size < 1 or args.workers < 0:
+    if (args.batch_size is not None and args.batch_size < 1) or args.workers < 0:
         raise UserError(f"--batch_size must be at least 1 and --workers at least 0, got {args.batch_size}, {args.workers}")
     save_dir = Path(args.test_save_dir or Path(args.output_dir) / "test")
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +234,8 @@ def run(args: argparse.Namespace) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu or auto")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if args.batch_size is None:
+        args.batch_size = default_batch_size(device)
     torch.backends.cudnn.deterministic = bool(args.deterministic)
 
     model, kwargs, train_args, ckpt = load_model(args)

@@ -45,7 +45,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.images import METRIC_NAMES, evaluate_images, scores
-from utils.inference import AMP_DTYPES, autocast, evaluate_volume
+from utils.inference import AMP_DTYPES, autocast, default_batch_size, evaluate_volume
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
 from utils.visualize import panel
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="./model_out")
     run.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations")
-    run.add_argument("--eval_batch_size", type=int, default=16, help="slices per forward pass when evaluating volumes")
+    run.add_argument("--eval_batch_size", type=int,
+                     help="slices per forward pass when evaluating volumes (default: 16 on a GPU, 1 on a CPU)")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     run.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision (fp16 uses a GradScaler)")
     run.add_argument("--compile", action="store_true", help="torch.compile the network")
@@ -144,9 +145,11 @@ def resolve_arguments(args: argparse.Namespace) -> list[str]:
             notes.append(f"--{flag} {default} (from --dataset {args.dataset})")
     if args.model_name is None:
         args.model_name = args.module.rpartition(".")[2]
-    for flag in ("max_epochs", "batch_size", "eval_interval", "eval_batch_size", "img_size"):
+    for flag in ("max_epochs", "batch_size", "eval_interval", "img_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise UserError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
     if args.max_iterations is not None and args.max_iterations < 1:
         raise UserError(f"--max_iterations must be at least 1, got {args.max_iterations}")
     if args.num_classes < 2:
@@ -347,6 +350,8 @@ def train(args: argparse.Namespace, network_cls: type[torch.nn.Module]) -> None:
     notes = resolve_arguments(args)
     info = dataset_info(args.dataset)
     device, rank, world_size = setup_device(args.device)
+    if args.eval_batch_size is None:
+        args.eval_batch_size = default_batch_size(device)
     main_process = rank == 0
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
