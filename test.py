@@ -40,7 +40,15 @@ from datasets.synapse import DataError, SynapseVolumes
 from utils import UserError, load_network_class, network_arguments
 from utils.checkpoint import find_checkpoint, is_self_describing, load_checkpoint, model_from_payload
 from utils.images import METRIC_NAMES, confusion, predict_image, scores
-from utils.inference import AMP_DTYPES, CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size, predict_volume
+from utils.inference import (
+    AMP_DTYPES,
+    CPU_BATCH_SIZE,
+    DEVICES,
+    GPU_BATCH_SIZE,
+    default_batch_size,
+    predict_volume,
+    select_device,
+)
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS, metrics_for_classes
 from utils.visualize import class_colours, panel
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--img_size", type=int, help="network input size (default: the checkpoint's, else 224)")
     parser.add_argument("--batch_size", type=int, help=f"slices per forward pass (default {GPU_BATCH_SIZE} on a GPU, "
                                                         f"{CPU_BATCH_SIZE} on a CPU, where batching does not pay)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision for inference")
     parser.add_argument("--metric_convention", default="published", choices=CONVENTIONS,
                         help="published: missed organ = (0, 0), as in the papers; nan: classes absent from both masks are left out")
@@ -231,9 +239,7 @@ def run(args: argparse.Namespace) -> None:
     save_dir = Path(args.test_save_dir or Path(args.output_dir) / "test")
     save_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(save_dir / "log.txt")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu or auto")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = select_device(args.device)
     if args.batch_size is None:
         args.batch_size = default_batch_size(device)
     torch.backends.cudnn.deterministic = bool(args.deterministic)

@@ -45,7 +45,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.images import METRIC_NAMES, evaluate_images, scores
-from utils.inference import AMP_DTYPES, autocast, default_batch_size, evaluate_volume
+from utils.inference import AMP_DTYPES, DEVICES, autocast, default_batch_size, evaluate_volume, select_device
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
 from utils.visualize import panel
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations")
     run.add_argument("--eval_batch_size", type=int,
                      help="slices per forward pass when evaluating volumes (default: 16 on a GPU, 1 on a CPU)")
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision (fp16 uses a GradScaler)")
     run.add_argument("--compile", action="store_true", help="torch.compile the network")
     run.add_argument("--resume", help="checkpoint to continue from (e.g. OUTPUT_DIR/last.pth)")
@@ -183,10 +183,8 @@ def setup_device(choice: str) -> tuple[torch.device, int, int]:
     started by torchrun (NCCL on GPUs, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu or auto")
-    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    device = select_device(choice, local_rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from datasets.synapse import preprocess_slice, resize_label
+from utils.errors import UserError
 from utils.metrics import metrics_for_classes
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -26,6 +27,19 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (bench/eval_speed.py measured batch 16 at 0.7x the speed of one slice at a time).
 GPU_BATCH_SIZE = 16
 CPU_BATCH_SIZE = 1
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def select_device(choice: str, index: int = 0) -> torch.device:
+    """The device of ``--device auto|cpu|cuda`` (auto: a CUDA GPU when one is visible);
+    ``index`` picks the GPU (a torchrun process's LOCAL_RANK)."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu or auto")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", index)
 
 
 def default_batch_size(device: torch.device) -> int:
