@@ -9,7 +9,7 @@ OUT=${OUT:-runs/demo}
 EPOCHS=${EPOCHS:-24}
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
-python3 -m datasets.phantom --out "$DATA" --overwrite
+python3 -m datasets.synthetic.synapse --out "$DATA" --overwrite
 # A U-Net with 8 base channels at 128x128 and no augmentation: what learns all eight organs
 # within minutes on a CPU (see README, "Quick start"). The rest is the published recipe.
 python3 train.py --root_path "$DATA/train_npz" --test_path "$DATA/test_vol_h5" --list_dir "$DATA/lists" \

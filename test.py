@@ -34,11 +34,16 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from datasets.catalog import DATASETS, IMAGES, DatasetInfo, class_names, dataset_info
-from datasets.convert import normalise_volume
+from datasets.common import DataError, normalise_volume
 from datasets.isic import SkinCases
-from datasets.synapse import DataError, SynapseVolumes
+from datasets.synapse import SynapseVolumes
 from utils import UserError, load_network_class, network_arguments
-from utils.checkpoint import find_checkpoint, is_self_describing, load_checkpoint, model_from_payload
+from utils.checkpoint import (
+    find_checkpoint,
+    is_self_describing,
+    load_checkpoint,
+    model_from_payload,
+)
 from utils.images import METRIC_NAMES, confusion, predict_image, scores
 from utils.inference import (
     AMP_DTYPES,

@@ -32,8 +32,15 @@ from tqdm import tqdm
 
 from datasets.augment import AUGMENTATIONS
 from datasets.catalog import DATASETS, IMAGES, class_names, dataset_info
+from datasets.common import DataError
 from datasets.isic import SkinCases, SkinImages
-from datasets.synapse import DataError, SynapseSlices, SynapseVolumes, read_list, slices_to_volumes, split_cases
+from datasets.lists import read_list
+from datasets.synapse import (
+    SynapseSlices,
+    SynapseVolumes,
+    slices_to_volumes,
+    split_cases,
+)
 from utils import UserError, build_network, load_network_class, network_arguments
 from utils.checkpoint import (
     BEST,
@@ -45,7 +52,14 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.images import METRIC_NAMES, evaluate_images, scores
-from utils.inference import AMP_DTYPES, DEVICES, autocast, default_batch_size, evaluate_volume, select_device
+from utils.inference import (
+    AMP_DTYPES,
+    DEVICES,
+    autocast,
+    default_batch_size,
+    evaluate_volume,
+    select_device,
+)
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
 from utils.visualize import panel
@@ -70,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data (defaults come from the --dataset table)")
     data.add_argument("--dataset", default="Synapse",
                       help=f"a data set of the table in datasets/catalog.py ({', '.join(DATASETS)}) or the path of "
-                           "the dataset.json that datasets.prepare_nifti writes for your own data")
+                           "the dataset.json that datasets.prepare.nifti writes for your own data")
     data.add_argument("--root_path", help="folder of the training slices (.npz), or of images/ and masks/ for 2D image data")
     data.add_argument("--test_path", help="folder of the evaluation volumes (.npy.h5) or images, for the periodic evaluation")
     data.add_argument("--list_dir", help="folder holding the list files (train.txt, test_vol.txt, ...)")

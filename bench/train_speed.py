@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from bench.common import cpu_name, markdown_table, measure_step, resolve_device, run_in_fresh_process
+from bench.common import (
+    cpu_name,
+    markdown_table,
+    measure_step,
+    resolve_device,
+    run_in_fresh_process,
+)
 from train import MOMENTUM, POLY_POWER, WEIGHT_DECAY
 from utils import build_network, load_network_class, network_arguments
 from utils.inference import autocast

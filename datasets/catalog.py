@@ -2,7 +2,7 @@
 anywhere else.
 
 ``--dataset`` is a name of the table (``Synapse``, ``ACDC``, ``ISIC2018``) or the path of a
-``dataset.json`` that ``python -m datasets.prepare_nifti`` writes next to a user's converted
+``dataset.json`` that ``python -m datasets.prepare.nifti`` writes next to a user's converted
 data; its entry is built from that file, with the data folders beside it.
 """
 
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.prepare_synapse import HU_MAX, HU_MIN
+from datasets.common import CT_WINDOW
 
 VOLUMES = "volumes"  # 2D training slices (.npz), 3D test volumes (.npy.h5); Dice and HD95 per class
 IMAGES = "images"  # 2D images (.jpg) with masks (_segmentation.png); pooled pixel metrics
@@ -71,9 +71,9 @@ DATASETS: dict[str, DatasetInfo] = {
         list_dir="./lists/lists_Synapse",
         root_path="./data/Synapse/train_npz",
         test_path="./data/Synapse/test_vol_h5",
-        intensity_clip=(HU_MIN, HU_MAX),
+        intensity_clip=CT_WINDOW,
     ),
-    # Cardiac cine MRI (ACDC 2017), converted by datasets.prepare_acdc: ED and ES frames,
+    # Cardiac cine MRI (ACDC 2017), converted by datasets.prepare.acdc: ED and ES frames,
     # 70 / 10 / 20 training / validation / test patients.
     "ACDC": DatasetInfo(
         num_classes=4,
@@ -99,7 +99,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def _json_error(path: Path, problem: str) -> ValueError:
-    return ValueError(f"--dataset {path}: {problem}; write it with python -m datasets.prepare_nifti "
+    return ValueError(f"--dataset {path}: {problem}; write it with python -m datasets.prepare.nifti "
                       '(it holds e.g. {"class_names": ["liver", "tumour"]})')
 
 

@@ -12,7 +12,7 @@ classes). The network sees the image resized (bilinear) to the input size, scale
 normalised as (x - 0.5) / 0.5 like the volume readers; the mask is resized with nearest
 neighbour.
 
-CLI, to write the 70 / 10 / 20 split lists (``datasets.convert.split_role`` on the 1-based
+CLI, to write the 70 / 10 / 20 split lists (``datasets.lists.split_role`` on the 1-based
 position in sorted name order) for the images a folder holds::
 
     python -m datasets.isic --root data/ISIC2018 --out lists/lists_ISIC2018
@@ -30,9 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datasets.catalog import DATASETS
-from datasets.convert import TEST, TRAIN, VAL, split_role
-from datasets.lists import write_list
-from datasets.synapse import IMAGE_MEAN, IMAGE_STD, DataError, read_list
+from datasets.common import IMAGE_MEAN, IMAGE_STD, TEST, TRAIN, VAL, DataError
+from datasets.lists import read_list, split_role, write_list
 
 IMAGE_DIR = "images"
 MASK_DIR = "masks"

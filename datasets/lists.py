@@ -24,6 +24,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from datasets.common import TEST, TRAIN, VAL, DataError
+
 TRAIN_DIR = "train_npz"
 TEST_DIR = "test_vol_h5"
 TRAIN_LIST = "train.txt"
@@ -48,6 +50,22 @@ STANDARD_TRAIN_SLICE_COUNTS: dict[str, int] = {
     "case0028": 89, "case0030": 153, "case0031": 93, "case0033": 104, "case0034": 98,
     "case0037": 99, "case0039": 90, "case0040": 195,
 }
+
+
+# The split rule on 1-based numbers n: every 5th to test, n = 2 (mod 10) to validation, the rest
+# to training. Any 20 consecutive numbers split 14 / 2 / 4, so ACDC's five pathology groups of
+# 20 patients each are split alike.
+TEST_EVERY = 5
+VAL_EVERY, VAL_OFFSET = 10, 2
+
+
+def split_role(number: int) -> str:
+    """``TRAIN``, ``VAL`` or ``TEST`` for case number ``number`` (1-based) by the split rule."""
+    if number % TEST_EVERY == 0:
+        return TEST
+    if number % VAL_EVERY == VAL_OFFSET:
+        return VAL
+    return TRAIN
 
 
 def slice_name(case: str, index: int) -> str:
@@ -97,6 +115,24 @@ def standard_synapse_split() -> dict[str, list[str]]:
     }
 
 
+def read_list(list_file: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a list file.
+
+    Raises:
+        DataError: the file is missing or lists nothing.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise DataError(
+            f"list file {list_file} does not exist; write one with "
+            "python -m datasets.lists --root DATA --out LIST_DIR"
+        )
+    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"list file {list_file} is empty; it should name one file per line")
+    return names
+
+
 def write_list(path: str | Path, names: Sequence[str]) -> Path:
     """Write ``names`` to ``path``, one per line (parent folders created)."""
     path = Path(path)
@@ -122,7 +158,7 @@ def _stems(folder: Path, suffix: str) -> list[str]:
         raise FileNotFoundError(
             f"data folder {folder} does not exist; a Synapse-format root holds "
             f"{TRAIN_DIR}/ and {TEST_DIR}/ (convert raw BTCV data with "
-            "python -m datasets.prepare_synapse)"
+            "python -m datasets.prepare.synapse)"
         )
     stems = [path.name[: -len(suffix)] for path in folder.glob("*" + suffix) if path.is_file()]
     if not stems:

@@ -1,6 +1,6 @@
 """Readers for Synapse-format data: 2D training slices (.npz) and 3D test volumes (.npy.h5).
 
-Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare_synapse``)::
+Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare.synapse``)::
 
     DATA/train_npz/caseXXXX_sliceNNN.npz   keys image, label: (H, W); one axial slice per file
     DATA/test_vol_h5/caseXXXX.npy.h5        datasets image, label: (D, H, W); optional attribute
@@ -30,21 +30,20 @@ from scipy.ndimage import zoom
 from torch.utils.data import Dataset
 
 from datasets.augment import Augmentation, build_augmentation
-from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name
+from datasets.common import (
+    IMAGE_KEY,
+    IMAGE_MEAN,
+    IMAGE_STD,
+    LABEL_KEY,
+    SPACING_ATTR,
+    DataError,
+)
+from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name, read_list
 
-IMAGE_MEAN = 0.5  # the network sees (x - 0.5) / 0.5, i.e. [0, 1] mapped to [-1, 1]
-IMAGE_STD = 0.5
 DEFAULT_IMG_SIZE = (224, 224)
 IMAGE_ZOOM_ORDER = 3  # cubic spline for intensities (the protocol's scipy zoom order 3)
 LABEL_ZOOM_ORDER = 0  # nearest neighbour keeps class ids whole
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-SPACING_ATTR = "spacing"
 SPATIAL_DIMS = 3  # (z, y, x)
-
-
-class DataError(ValueError):
-    """A data file or list is missing or malformed; the message names the file and the fix."""
 
 
 def _check_img_size(img_size: Sequence[int]) -> tuple[int, int]:
@@ -89,24 +88,6 @@ def resize_label(label: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
         int64 (S_h, S_w).
     """
     return _resize(np.asarray(label, dtype=np.int64), img_size, LABEL_ZOOM_ORDER)
-
-
-def read_list(list_file: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a list file.
-
-    Raises:
-        DataError: the file is missing or lists nothing.
-    """
-    list_file = Path(list_file)
-    if not list_file.is_file():
-        raise DataError(
-            f"list file {list_file} does not exist; write one with "
-            "python -m datasets.lists --root DATA --out LIST_DIR"
-        )
-    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DataError(f"list file {list_file} is empty; it should name one file per line")
-    return names
 
 
 def _check_existing(paths: Sequence[Path], list_file: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.phantom import generate_dataset
+from datasets.synthetic.synapse import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 # A network small enough that a training epoch on the tiny phantom takes about a second.

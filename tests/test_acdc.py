@@ -14,9 +14,16 @@ from scipy import ndimage
 
 import train as train_script
 from datasets.catalog import dataset_info
-from datasets.convert import TEST, TRAIN, VAL, normalise_volume, split_role
-from datasets.phantom_acdc import LEFT_VENTRICLE, MYOCARDIUM, RIGHT_VENTRICLE, generate_dataset, make_case
-from datasets.prepare_acdc import convert, main
+from datasets.common import TEST, TRAIN, VAL, normalise_volume
+from datasets.lists import split_role
+from datasets.prepare.acdc import convert, main
+from datasets.synthetic.acdc import (
+    LEFT_VENTRICLE,
+    MYOCARDIUM,
+    RIGHT_VENTRICLE,
+    generate_dataset,
+    make_case,
+)
 from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
 from utils.checkpoint import load_checkpoint, model_from_payload
 from utils.inference import predict_volume
@@ -160,7 +167,7 @@ def test_train_and_test_end_to_end_with_dataset_acdc(acdc, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), expected)
 
 
-@pytest.mark.parametrize("module", ["datasets.phantom_acdc", "datasets.phantom_isic"])
+@pytest.mark.parametrize("module", ["datasets.synthetic.acdc", "datasets.synthetic.isic"])
 def test_generator_cli_errors_name_the_flag(module, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(module).main(["--out", str(tmp_path), "--size", "8"])

@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from bench.common import BYTES_PER_MIB, PeakMemory, markdown_table, measure_step, run_in_fresh_process, time_step
+from bench.common import (
+    BYTES_PER_MIB,
+    PeakMemory,
+    markdown_table,
+    measure_step,
+    run_in_fresh_process,
+    time_step,
+)
 from bench.model import (
     FORWARD,
     FORWARD_BACKWARD,

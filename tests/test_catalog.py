@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from datasets.catalog import DATASETS, IMAGES, KINDS, dataset_info, load_dataset_json
-from datasets.convert import normalise_volume
-from datasets.prepare_synapse import normalise_ct
+from datasets.common import CT_WINDOW, normalise_volume
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -27,9 +26,10 @@ def test_the_entries_of_the_issue():
     assert (isic.kind, isic.in_chans, isic.num_classes, isic.val_list, isic.test_list) == (IMAGES, 3, 2, "val.txt", "test.txt")
 
 
-def test_the_synapse_window_equals_the_ct_normalisation_bit_for_bit():
-    hu = np.random.default_rng(0).uniform(-1000, 1500, (3, 7, 5)).astype(np.float32)
-    np.testing.assert_array_equal(normalise_volume(hu, dataset_info("Synapse").intensity_clip), normalise_ct(hu))
+def test_the_synapse_window_is_the_ct_window_and_scales_it_to_0_1():
+    assert dataset_info("Synapse").intensity_clip == CT_WINDOW == (-125.0, 275.0)
+    hu = np.array([[[-1000.0, -125.0], [75.0, 1500.0]]])
+    np.testing.assert_array_equal(normalise_volume(hu, CT_WINDOW), [[[0.0, 0.0], [0.5, 1.0]]])
     mri = np.array([[[10.0, 20.0], [30.0, 50.0]]])
     np.testing.assert_allclose(normalise_volume(mri), [[[0.0, 0.25], [0.5, 1.0]]])
     np.testing.assert_array_equal(normalise_volume(np.full((1, 2, 2), 7.0)), np.zeros((1, 2, 2)))

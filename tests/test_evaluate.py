@@ -13,7 +13,7 @@ import torch
 from medpy.metric.binary import dc, hd95
 from scipy.ndimage import zoom
 
-from datasets.prepare_synapse import normalise_ct
+from datasets.common import CT_WINDOW, normalise_volume
 from networks.DAEFormer import DAEFormer
 from tests.band_network import IntensityBands
 from tests.conftest import REPO, TINY_SIZE, load_test_script, run_script
@@ -174,7 +174,7 @@ def test_new_nifti_scans_come_out_as_nifti_with_their_geometry(phantom, bands_ck
     assert out.GetSpacing() == pytest.approx((0.7, 0.8, 2.5))
     assert out.GetOrigin() == pytest.approx((-10.0, 20.0, 5.0))
     assert out.GetDirection() == pytest.approx((1, 0, 0, 0, -1, 0, 0, 0, 1))
-    expected = protocol_prediction(IntensityBands(9, 48).eval(), normalise_ct(hu), 48)
+    expected = protocol_prediction(IntensityBands(9, 48).eval(), normalise_volume(hu, CT_WINDOW), 48)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), expected)
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 import train as train_script
 from datasets.catalog import dataset_info
+from datasets.common import DataError
 from datasets.isic import SkinImages, read_pair, write_isic_lists
-from datasets.phantom_isic import generate_dataset, make_image
-from datasets.synapse import DataError
+from datasets.synthetic.isic import generate_dataset, make_image
 from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
 from utils.checkpoint import load_checkpoint
 from utils.images import METRIC_NAMES, confusion, scores

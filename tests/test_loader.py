@@ -9,7 +9,13 @@ from torch import nn
 
 from networks.DAEFormer import DAEFormer
 from networks.UNet import UNet
-from utils import ModuleLoadError, available_networks, build_network, load_network_class, network_arguments
+from utils import (
+    ModuleLoadError,
+    available_networks,
+    build_network,
+    load_network_class,
+    network_arguments,
+)
 
 PLUGIN = textwrap.dedent(
     """

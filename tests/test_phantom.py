@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from datasets import phantom
-from datasets.phantom import (
+from datasets.synthetic import synapse as phantom
+from datasets.synthetic.synapse import (
     AORTA,
     GALLBLADDER,
     LEFT_KIDNEY,

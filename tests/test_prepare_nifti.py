@@ -1,4 +1,4 @@
-"""Your own data: a folder of labelled NIfTI volumes converted by datasets.prepare_nifti, then
+"""Your own data: a folder of labelled NIfTI volumes converted by datasets.prepare.nifti, then
 train.py and test.py with --dataset OUT/dataset.json."""
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ import SimpleITK as sitk
 
 import train as train_script
 from datasets.catalog import load_dataset_json
-from datasets.phantom_acdc import LEFT_VENTRICLE, MYOCARDIUM, RIGHT_VENTRICLE, make_case
-from datasets.prepare_nifti import convert, held_out_positions, main, read_classes
+from datasets.prepare.nifti import convert, held_out_positions, main, read_classes
+from datasets.synthetic.acdc import (
+    LEFT_VENTRICLE,
+    MYOCARDIUM,
+    RIGHT_VENTRICLE,
+    make_case,
+)
 from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
 
 CLASSES = {"0": "background", "1": "cavity", "2": "wall"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from datasets.prepare_synapse import BTCV_TO_SYNAPSE, main
+from datasets.prepare.synapse import BTCV_TO_SYNAPSE, main
 from datasets.synapse import SynapseSlices, SynapseVolumes
 
 SHAPE = (4, 16, 16)  # (z, y, x)
@@ -68,7 +68,7 @@ def converted(tmp_path_factory):
     write_case(raw, 1, wide_window_image(), all_ids_label())
     write_case(raw, 5, narrow_window_image(), all_ids_label()[::-1].copy())
     write_case(raw, 50, wide_window_image(), np.zeros(SHAPE, np.uint8))
-    logger = logging.getLogger("datasets.prepare_synapse")
+    logger = logging.getLogger("datasets.prepare.synapse")
     records = []
     handler = logging.Handler()
     handler.emit = records.append

@@ -16,7 +16,7 @@ Images 1..T train, then validation, then test. An image depends only on (seed, i
 
 CLI::
 
-    python -m datasets.phantom_isic --out data/isic_phantom [--seed 1234] [--size 128]
+    python -m datasets.synthetic.isic --out data/isic_phantom [--seed 1234] [--size 128]
         [--train_images 40] [--val_images 6] [--test_images 10]
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from datasets.convert import TEST, TRAIN, VAL
+from datasets.common import TEST, TRAIN, VAL
 from datasets.isic import IMAGE_DIR, IMAGE_SUFFIX, LIST_NAMES, MASK_DIR, MASK_SUFFIX
 from datasets.lists import write_list
 
@@ -150,7 +150,7 @@ def generate_dataset(out_dir: str | Path, seed: int = DEFAULT_SEED, size: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datasets.phantom_isic",
+    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic.isic",
                                      description="Write synthetic dermoscopy images with lesion masks in the ISIC 2018 layout.")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)

@@ -22,7 +22,7 @@ changes none.
 
 CLI::
 
-    python -m datasets.phantom --out data/phantom [--seed 1234] [--size 128]
+    python -m datasets.synthetic.synapse --out data/phantom [--seed 1234] [--size 128]
         [--train_cases 10] [--test_cases 4] [--min_slices 40] [--max_slices 64] [--overwrite]
 """
 
@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from datasets.common import CT_WINDOW
 from datasets.lists import (
     TEST_DIR,
     TRAIN_DIR,
@@ -80,7 +81,6 @@ LIST_DIR = "lists"
 # from the first (cranial) to the last (caudal) slice.
 FOV_MM = 409.6  # 512 px at 0.8 mm, a typical abdominal reconstruction
 COVERAGE_MM = 200.0  # liver dome to below the kidneys
-HU_WINDOW = (-125.0, 275.0)  # the Synapse clipping window
 
 NOISE_HU = 12.0  # quantum noise of a routine abdominal scan
 SMOOTH_TEXTURE_HU = 4.0  # beam-hardening / bias-like low-frequency drift
@@ -660,7 +660,7 @@ def _to_image(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
     hu += SMOOTH_TEXTURE_HU * _smooth_field(rng, shape, (coarse_z, coarse, coarse))
     hu = ndimage.gaussian_filter(hu, sigma=(0.0, PARTIAL_VOLUME_SIGMA_PX, PARTIAL_VOLUME_SIGMA_PX))
     hu += NOISE_HU * rng.standard_normal(shape, dtype=np.float32)
-    low, high = HU_WINDOW
+    low, high = CT_WINDOW
     return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
 
 
@@ -828,7 +828,7 @@ def generate_dataset(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m datasets.phantom",
+        prog="python -m datasets.synthetic.synapse",
         description="Write a synthetic abdominal CT data set in the Synapse layout "
                     "(train_npz/, test_vol_h5/, lists/) for demos and tests.",
     )

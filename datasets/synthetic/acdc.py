@@ -8,9 +8,9 @@ crescent beside the septum, on the image's left and towards the top (the patient
 anterior, radiological convention). Towards the apex the left ventricle narrows and the right
 ventricle ends. Labels are ACDC's: 0 background, 1 right ventricle, 2 myocardium, 3 left
 ventricle. Intensities get smooth bias, noise and a slight blur, then min-max scaling to [0, 1]
-per volume, as ``datasets.prepare_acdc`` does.
+per volume, as ``datasets.prepare.acdc`` does.
 
-Files (as ``datasets.prepare_acdc`` writes them)::
+Files (as ``datasets.prepare.acdc`` writes them)::
 
     OUT/train_npz/patientNNN_frame01_sliceKKK.npz   image, label: float32 (S, S)
     OUT/test_vol_h5/patientNNN_frame01.npy.h5       image, label: float32 (D, S, S); spacing
@@ -21,7 +21,7 @@ on (seed, its patient number, size, min/max slices).
 
 CLI::
 
-    python -m datasets.phantom_acdc --out data/acdc_phantom [--seed 1234] [--size 128]
+    python -m datasets.synthetic.acdc --out data/acdc_phantom [--seed 1234] [--size 128]
         [--train_cases 12] [--val_cases 2] [--test_cases 4] [--min_slices 8] [--max_slices 12]
 """
 
@@ -36,8 +36,9 @@ import numpy as np
 from scipy import ndimage
 
 from datasets.catalog import DATASETS
-from datasets.convert import normalise_volume, write_training_slices, write_volume
+from datasets.common import normalise_volume
 from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
+from datasets.prepare.common import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def generate_dataset(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.phantom_acdc",
+    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic.acdc",
                                      description="Write synthetic short-axis cardiac MRI in the ACDC layout.")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)

@@ -16,44 +16,8 @@ import h5py
 import numpy as np
 import SimpleITK as sitk
 
+from datasets.common import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError
 from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, slice_name
-from datasets.synapse import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError
-
-TRAIN, VAL, TEST = "train", "val", "test"
-# The split rule on 1-based numbers n: every 5th to test, n = 2 (mod 10) to validation, the rest
-# to training. Any 20 consecutive numbers split 14 / 2 / 4, so ACDC's five pathology groups of
-# 20 patients each are split alike.
-TEST_EVERY = 5
-VAL_EVERY, VAL_OFFSET = 10, 2
-
-
-def split_role(number: int) -> str:
-    """``TRAIN``, ``VAL`` or ``TEST`` for case number ``number`` (1-based) by the split rule."""
-    if number % TEST_EVERY == 0:
-        return TEST
-    if number % VAL_EVERY == VAL_OFFSET:
-        return VAL
-    return TRAIN
-
-
-def normalise_volume(volume: np.ndarray, clip: tuple[float, float] | None = None) -> np.ndarray:
-    """Clip to ``clip`` (if given), then min-max scale the volume to [0, 1].
-
-    Args:
-        volume: (D, H, W) raw intensities (CT in HU, MRI in scanner units).
-        clip: (low, high) window, or None to scale the raw range.
-
-    Returns:
-        float32 (D, H, W) in [0, 1]; all zeros for a constant volume. With clip (-125, 275) it
-        equals ``datasets.prepare_synapse.normalise_ct``.
-    """
-    values = volume.astype(np.float64)
-    if clip is not None:
-        values = np.clip(values, clip[0], clip[1])
-    low, high = values.min(), values.max()
-    if high == low:
-        return np.zeros(volume.shape, np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
 
 
 def _read(path: Path) -> sitk.Image:

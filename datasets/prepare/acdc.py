@@ -10,7 +10,7 @@ For each frame:
 
 1. read with SimpleITK; array axes (z, y, x), so short-axis slices run along the first axis;
 2. min-max scale the volume to [0, 1] (MRI has no absolute scale, so no window);
-3. split by patient number n (``datasets.convert.split_role``): test when n % 5 == 0,
+3. split by patient number n (``datasets.lists.split_role``): test when n % 5 == 0,
    validation when n % 10 == 2, training otherwise -- 70 / 10 / 20 of the 100 training
    patients, 14 / 2 / 4 of each of ACDC's five pathology groups (patients 1-20, 21-40, ...);
 4. training frames -> ``OUT/train_npz/patientXXX_frameYY_sliceNNN.npz``; validation and test
@@ -20,7 +20,7 @@ For each frame:
 
 Usage::
 
-    python -m datasets.prepare_acdc --raw ACDC/database/training --out data/ACDC
+    python -m datasets.prepare.acdc --raw ACDC/database/training --out data/ACDC
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Sequence
 from tqdm import tqdm
 
 from datasets.catalog import DATASETS
-from datasets.convert import TEST, TRAIN, VAL, normalise_volume, read_nifti_pair, split_role, write_training_slices, write_volume
-from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
-from datasets.synapse import DataError
+from datasets.common import TEST, TRAIN, VAL, DataError, normalise_volume
+from datasets.lists import TEST_DIR, TRAIN_DIR, split_role, write_list
+from datasets.prepare.common import read_nifti_pair, write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | Non
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m datasets.prepare_acdc",
+        prog="python -m datasets.prepare.acdc",
         description="Convert raw ACDC cine MRI (patientXXX_frameYY.nii.gz + _gt) to train_npz/ slices and "
                     "test_vol_h5/ volumes with a 70/10/20 patient split.",
     )

@@ -26,7 +26,7 @@ Then::
 
 Usage::
 
-    python -m datasets.prepare_nifti --images imagesTr --labels labelsTr --classes classes.json --out data/mine
+    python -m datasets.prepare.nifti --images imagesTr --labels labelsTr --classes classes.json --out data/mine
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.catalog import DATASET_JSON, DatasetInfo, load_dataset_json
-from datasets.convert import normalise_volume, read_nifti_pair, write_training_slices, write_volume
+from datasets.common import DataError, normalise_volume
 from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
-from datasets.synapse import DataError
+from datasets.prepare.common import read_nifti_pair, write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def convert(images: str | Path, labels: str | Path, classes: str | Path, out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare_nifti",
+    parser = argparse.ArgumentParser(prog="python -m datasets.prepare.nifti",
                                      description="Convert labelled NIfTI volumes to the Synapse format plus a dataset.json.")
     parser.add_argument("--images", required=True, type=Path, help="folder of 3D scans NAME.nii.gz")
     parser.add_argument("--labels", required=True, type=Path, help="folder of label volumes NAME.nii.gz (ids 0..K)")

@@ -14,7 +14,7 @@ Input: ``RAW/img00XX.nii.gz`` with ``RAW/label00XX.nii.gz``, either side by side
 
 Usage::
 
-    python -m datasets.prepare_synapse --raw RawData/Training --out data/Synapse
+    python -m datasets.prepare.synapse --raw RawData/Training --out data/Synapse
 """
 
 from __future__ import annotations
@@ -31,25 +31,30 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from datasets.common import (
+    CT_WINDOW,
+    IMAGE_KEY,
+    LABEL_KEY,
+    SPACING_ATTR,
+    DataError,
+    normalise_volume,
+)
 from datasets.lists import (
+    SLICE_SUFFIX,
     STANDARD_TEST_CASES,
     STANDARD_TRAIN_SLICE_COUNTS,
     TEST_DIR,
     TEST_LIST,
     TRAIN_DIR,
-    SLICE_SUFFIX,
     TRAIN_LIST,
     VOLUME_SUFFIX,
     slice_name,
     write_list,
     write_synapse_lists,
 )
-from datasets.synapse import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError
 
 logger = logging.getLogger(__name__)
 
-HU_MIN = -125.0  # soft-tissue window used by every Synapse paper
-HU_MAX = 275.0
 BTCV_NUM_LABELS = 14  # background + 13 organs
 # BTCV organ id -> Synapse class id; the five organs not listed become background.
 BTCV_TO_SYNAPSE = {
@@ -122,22 +127,6 @@ def find_raw_cases(raw_dir: str | Path) -> list[RawCase]:
     return [RawCase(name, images[name], labels[name]) for name in sorted(images)]
 
 
-def normalise_ct(volume: np.ndarray) -> np.ndarray:
-    """Clip CT intensities to [HU_MIN, HU_MAX] HU and min-max normalise to [0, 1].
-
-    Args:
-        volume: (D, H, W) Hounsfield units.
-
-    Returns:
-        float32 (D, H, W) in [0, 1]; all zeros if the clipped volume is constant.
-    """
-    clipped = np.clip(volume.astype(np.float64), HU_MIN, HU_MAX)
-    low, high = clipped.min(), clipped.max()
-    if high == low:
-        return np.zeros(volume.shape, np.float32)
-    return ((clipped - low) / (high - low)).astype(np.float32)
-
-
 def btcv_to_synapse(label: np.ndarray, source: str | Path = "label") -> np.ndarray:
     """Renumber BTCV organ ids to the 8 Synapse classes (``BTCV_TO_SYNAPSE``; others -> 0).
 
@@ -189,7 +178,7 @@ def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float
         )
     spacing_xyz = image_itk.GetSpacing()
     spacing = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
-    return normalise_ct(image), btcv_to_synapse(label, case.label), spacing
+    return normalise_volume(image, CT_WINDOW), btcv_to_synapse(label, case.label), spacing
 
 
 def convert(
@@ -248,7 +237,7 @@ def convert(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m datasets.prepare_synapse",
+        prog="python -m datasets.prepare.synapse",
         description="Convert raw BTCV abdomen CT (img00XX/label00XX.nii.gz) to the Synapse "
         "format: train_npz/ slices and test_vol_h5/ volumes with the standard split.",
     )

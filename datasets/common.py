@@ -1,0 +1,53 @@
+"""What every part of ``datasets`` shares -- readers, converters and synthetic generators alike:
+the error type, the keys and attributes of the Synapse file format, the network's intensity
+normalisation, the CT window and the names of the split roles.
+
+Nothing here reads or writes files, so any module can import it without pulling in a reader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data file or list is missing or malformed; the message names the file and the fix."""
+
+
+# Arrays of a training slice (.npz) and datasets of a test volume (.npy.h5).
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+SPACING_ATTR = "spacing"  # optional attribute of a test volume: (z, y, x) in mm
+
+# The network sees (x - 0.5) / 0.5, i.e. stored intensities in [0, 1] mapped to [-1, 1].
+IMAGE_MEAN = 0.5
+IMAGE_STD = 0.5
+
+# The soft-tissue window, in Hounsfield units, that every Synapse paper clips CT to before
+# scaling it to [0, 1].
+HU_MIN = -125.0
+HU_MAX = 275.0
+CT_WINDOW = (HU_MIN, HU_MAX)
+
+# Roles of a case in a split.
+TRAIN, VAL, TEST = "train", "val", "test"
+
+
+def normalise_volume(volume: np.ndarray, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """Clip to ``clip`` (if given), then min-max scale the volume to [0, 1].
+
+    Args:
+        volume: (D, H, W) raw intensities (CT in HU, MRI in scanner units).
+        clip: (low, high) window, or None to scale the raw range.
+
+    Returns:
+        float32 (D, H, W) in [0, 1]; all zeros for a constant volume. With ``clip=CT_WINDOW`` it
+        is the Synapse preprocessing.
+    """
+    values = volume.astype(np.float64)
+    if clip is not None:
+        values = np.clip(values, clip[0], clip[1])
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.zeros(volume.shape, np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
