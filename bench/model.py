@@ -50,6 +50,7 @@ from bench.common import (  # noqa: E402
 from networks.blocks import MixFFN  # noqa: E402
 from utils import UserError, build_network, load_network_class, network_arguments  # noqa: E402
 from utils.inference import AMP_DTYPES, autocast  # noqa: E402
+from utils.loader import parse_model_kwargs  # noqa: E402
 
 NUM_CLASSES = 9  # Synapse: background + 8 organs
 DEFAULT_MODULE = "networks.DAEFormer.DAEFormer"
@@ -485,12 +486,9 @@ def _integer_at_least(flag: str, minimum: int = 1) -> Callable[[str], int]:
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"--model_kwargs is not valid JSON ({error}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"--model_kwargs must be a JSON object like '{{\"heads\": 4}}', got {text!r}")
-    return value
+        return parse_model_kwargs(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -150,6 +150,13 @@ class DAEFormer(nn.Module):
             decoder.apply(_init_decoder_weights)
         self.register_load_state_dict_pre_hook(_drop_unused_reference_tensors)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every dual-attention block's activations in the backward pass instead of
+        keeping them (``--use-checkpoint``): same gradients, less memory."""
+        for block in self.modules():
+            if isinstance(block, DualAttentionBlock):
+                block.grad_checkpointing = enable
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.in_chans, INPUT_DIVISOR, type(self).__name__)
         (skip0, h0, w0), (skip1, h1, w1), (bottom, h2, w2) = self.backbone(x)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # The reference's Mix-FFN builds two LayerNorms it never calls; the published checkpoint still
 # carries their tensors. They are dropped when loading (see MixFFN), never built.
@@ -141,7 +142,14 @@ def _drop_unused_mixffn_norms(module: nn.Module, state_dict: dict, prefix: str, 
 
 class DualAttentionBlock(nn.Module):
     """DAE-Former block: spatial attention, Mix-FFN, channel attention, Mix-FFN, each pre-norm
-    with a residual connection. (B, N, C) -> (B, N, C)."""
+    with a residual connection. (B, N, C) -> (B, N, C).
+
+    With ``grad_checkpointing`` set (``DAEFormer.set_grad_checkpointing``), training keeps only
+    the block's input and recomputes its activations in the backward pass: the same gradients
+    for less memory and about one more forward pass of time.
+    """
+
+    grad_checkpointing = False
 
     def __init__(self, dim: int, heads: int = 8, mlp_ratio: int = 4) -> None:
         super().__init__()
@@ -155,6 +163,11 @@ class DualAttentionBlock(nn.Module):
         self.mlp2 = MixFFN(dim, mlp_ratio * dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, height, width, use_reentrant=False)
+        return self._forward(x, height, width)
+
+    def _forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), height, width)
         x = x + self.mlp1(self.norm2(x), height, width)
         x = x + self.channel_attn(self.norm3(x))

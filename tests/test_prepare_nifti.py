@@ -82,7 +82,7 @@ def test_conversion_and_training_and_testing_with_the_dataset_json(nifti_folder,
     assert code == 0
     log = (run / "log.txt").read_text()
     assert f"--root_path {out / 'train_npz'} (from --dataset" in log and "--num_classes 3 (from --dataset" in log
-    assert "test evaluation after epoch 0 (1 cases)" in log and "wall" in log
+    assert "test evaluation after epoch 0 (1 case(s)" in log and "wall" in log
 
     # test.py takes everything from the checkpoint, which remembers --dataset
     assert load_test_script().main(["--output_dir", str(run), "--workers", "0"]) == 0

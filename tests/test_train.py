@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 import train as train_script
 from tests.conftest import REPO, SCRIPT_ENV, run_script, tiny_train_args
-from train import build_parser, resolve_arguments
+from train import build_parser, resolve_config
 from utils.checkpoint import load_checkpoint
 
 PUBLISHED_COMMAND = (
@@ -34,17 +35,16 @@ def assert_same_weights(first, second) -> None:
 
 
 def test_the_published_command_line_parses_with_the_reference_lr_rule():
-    args = build_parser().parse_args(PUBLISHED_COMMAND)
-    notes = resolve_arguments(args)
-    assert args.lr == pytest.approx(0.05 * 20 / 24)
+    config, notes = resolve_config(build_parser().parse_args(PUBLISHED_COMMAND))
+    assert config.lr == pytest.approx(0.05 * 20 / 24)
     assert any("0.0416667" in note for note in notes)
-    assert (args.num_classes, args.list_dir, args.model_name) == (9, "./lists/lists_Synapse", "DAEFormer")
-    off = build_parser().parse_args([*PUBLISHED_COMMAND, "--lr_batch_rule", "off"])
-    resolve_arguments(off)
+    assert (config.num_classes, config.list_dir, config.model_name) == (9, "./lists/lists_Synapse", "DAEFormer")
+    off, _ = resolve_config(build_parser().parse_args([*PUBLISHED_COMMAND, "--lr_batch_rule", "off"]))
     assert off.lr == 0.05
-    given = build_parser().parse_args([*PUBLISHED_COMMAND, "--num_classes", "5", "--list_dir", "mine"])
-    resolve_arguments(given)
+    given, _ = resolve_config(build_parser().parse_args([*PUBLISHED_COMMAND, "--num_classes", "5", "--list_dir", "mine"]))
     assert (given.num_classes, given.list_dir) == (5, "mine")  # values the user gave are never overwritten
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0  # type: ignore[misc]
 
 
 def test_training_writes_its_outputs(phantom, trained_run):
@@ -93,7 +93,7 @@ def test_validation_cases_pick_best_pth(phantom, tmp_path):
     assert train_script.main(tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--val_cases", "1")[1:]) == 0
     assert (tmp_path / "val_cases.txt").read_text().split() == [phantom["train_case_ids"][-1]]
     assert (tmp_path / "best.pth").exists()
-    assert "validation evaluation after epoch 0 (1 cases)" in (tmp_path / "log.txt").read_text()
+    assert "validation evaluation after epoch 0 (1 case(s)" in (tmp_path / "log.txt").read_text()
 
 
 def test_torchrun_with_two_cpu_processes_ends_with_identical_weights(phantom, tmp_path):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from networks.UNet import UNet
-from train import MOMENTUM, POLY_POWER, WEIGHT_DECAY
 from utils.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -20,6 +19,7 @@ from utils.checkpoint import (
     strip_wrapper_prefix,
 )
 from utils.losses import CEDiceLoss, dice_loss
+from utils.training import MOMENTUM, POLY_POWER, WEIGHT_DECAY
 
 
 def test_dice_loss_by_hand_on_two_pixels():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import pkgutil
 from typing import Any
 
@@ -87,6 +88,17 @@ def network_arguments(
             kwargs[name] = value
     kwargs.update(extra)
     return kwargs
+
+
+def parse_model_kwargs(text: str) -> dict[str, Any]:
+    """``--model_kwargs``: a JSON object of extra constructor arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--model_kwargs is not valid JSON ({error}); e.g. --model_kwargs '{{\"base_channels\": 16}}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--model_kwargs must be a JSON object like '{{\"base_channels\": 16}}', got {text}")
+    return value
 
 
 def build_network(path: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -1,0 +1,52 @@
+"""Command-line pieces both scripts share: the flags the published scripts parse that have no
+meaning here, declared once, so a command line copied from the published repository, a script
+or a paper's appendix parses unchanged."""
+
+from __future__ import annotations
+
+import argparse
+
+IGNORED = "accepted for compatibility with the published scripts and ignored"
+
+# flag -> argparse keywords; every one is accepted and ignored (a log line names those given).
+PUBLISHED_IGNORED_FLAGS: dict[str, dict] = {
+    "--zip": {"action": "store_true", "help": f"{IGNORED} (zipped data sets of Swin's loader)"},
+    "--cache-mode": {"choices": ("no", "full", "part"), "help": f"{IGNORED} (Swin's zip cache)"},
+    "--amp-opt-level": {"choices": ("O0", "O1", "O2"), "help": f"{IGNORED} (apex); use --amp bf16|fp16"},
+    "--tag": {"help": f"{IGNORED} (Swin's experiment tag); name runs with --output_dir"},
+    "--eval": {"action": "store_true", "help": f"{IGNORED}; evaluate with test.py"},
+    "--throughput": {"action": "store_true", "help": f"{IGNORED}; see python -m bench.train_speed"},
+    "--opts": {"nargs": "+", "metavar": "KEY VALUE", "help": f"{IGNORED} (Swin's config overrides); use the flags"},
+    "--n_gpu": {"type": int, "help": f"{IGNORED}; several GPUs run through torchrun --nproc_per_node N"},
+    "--z_spacing": {"type": int, "help": f"{IGNORED} by train.py (test.py writes it into saved NIfTI files)"},
+    # Training flags the published test.py parses too; they mean nothing to an evaluation.
+    "--max_iterations": {"type": int, "help": f"{IGNORED} by test.py (a training setting)"},
+    "--base_lr": {"type": float, "help": f"{IGNORED} by test.py (a training setting)"},
+    "--resume": {"help": f"{IGNORED} by test.py; name the checkpoint with --ckpt"},
+    "--accumulation-steps": {"type": int, "help": f"{IGNORED} by test.py (a training setting)"},
+    "--use-checkpoint": {"action": "store_true", "help": f"{IGNORED} by test.py (a training setting)"},
+    "--seed": {"type": int, "help": f"{IGNORED} by test.py: inference draws no random numbers"},
+}
+
+
+def add_ignored_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    """Declare ``flags`` (keys of ``PUBLISHED_IGNORED_FLAGS``) in their own help group."""
+    group = parser.add_argument_group("accepted for compatibility with the published scripts, ignored")
+    for flag in flags:
+        group.add_argument(flag, default=None, **PUBLISHED_IGNORED_FLAGS[flag])
+
+
+def ignored_given(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    """The ignored flags that were given on the command line."""
+    given = []
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value not in (None, False):
+            given.append(flag)
+    return given
+
+
+def ignored_note(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    """A log line naming the ignored flags that were given, if any."""
+    given = ignored_given(args, flags)
+    return [f"ignored (accepted for compatibility with the published scripts): {', '.join(given)}"] if given else []

@@ -1,0 +1,404 @@
+"""The evaluation engine: the one code path by which ``train.py`` (its periodic evaluation) and
+``test.py`` score a network, so both give the same numbers for the same weights.
+
+For each kind of data there is one evaluator, chosen once from the data-set table by
+:func:`build_evaluator`:
+
+- :class:`VolumeEvaluator` -- 3D volumes predicted slice by slice with the published protocol
+  (``utils.inference.predict_volume``), scored per case and class with Dice and HD95
+  (``utils.metrics``) in worker processes while the network predicts the next case;
+- :class:`ImageEvaluator` -- 2D images, scored with the pixel metrics of ``utils.images`` on the
+  confusion counts pooled over all images, and per image.
+
+Each returns a typed result that logs itself, adds itself to TensorBoard and writes
+``metrics.json`` / ``metrics.csv``. Inference is kept apart from the metrics (as MONAI's
+``SliceInferer`` keeps it apart): a caller that wants each prediction -- test.py writing NIfTI
+files and montages -- passes ``on_case``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasets.catalog import IMAGES, DatasetInfo
+from utils.errors import UserError
+from utils.images import METRIC_NAMES, confusion, predict_image, scores
+from utils.inference import predict_volume
+from utils.metrics import CONVENTIONS, metrics_for_classes
+
+logger = logging.getLogger(__name__)
+
+METRICS_JSON = "metrics.json"
+METRICS_CSV = "metrics.csv"
+SPACING_CHOICES = ("voxel", "file")
+VOXEL, MM = "voxels", "mm"
+# Workers only run numpy/scipy metric code, so fork is safe (no CUDA in the children) and skips
+# re-importing torch in every worker.
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+OnCase = Callable[[dict, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a network is run and scored; the same for train.py and test.py.
+
+    Attributes:
+        img_size: (h, w) network input size.
+        batch_size: slices per forward pass (volumes).
+        device: where the network runs.
+        amp: "off", "bf16" or "fp16" autocast for inference.
+        convention: empty-mask rule of the volume metrics (``utils.metrics.CONVENTIONS``).
+        spacing: HD95 unit: "voxel" (published), "file" (each volume's stored spacing) or (z, y, x) mm.
+        workers: processes computing metrics while the network predicts the next case (0: inline).
+    """
+
+    img_size: tuple[int, int]
+    batch_size: int
+    device: torch.device
+    amp: str = "off"
+    convention: str = "published"
+    spacing: str | tuple[float, float, float] = "voxel"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.workers < 0:
+            raise UserError(f"the evaluation batch size must be at least 1 and the workers at least 0, "
+                            f"got {self.batch_size} and {self.workers}")
+        if self.convention not in CONVENTIONS:
+            raise UserError(f"--metric_convention {self.convention!r}: choose one of {', '.join(CONVENTIONS)}")
+
+    @property
+    def unit(self) -> str:
+        return VOXEL if self.spacing == "voxel" else MM
+
+
+def parse_spacing(text: str) -> str | tuple[float, float, float]:
+    """``--spacing``: "voxel", "file", or three positive mm values "z,y,x"."""
+    if text in SPACING_CHOICES:
+        return text
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise UserError(f"--spacing {text!r} must be 'voxel', 'file' or three positive mm values 'z,y,x', e.g. 2.5,0.8,0.8")
+    return values  # type: ignore[return-value]
+
+
+def _case_spacing(choice: str | tuple[float, float, float], case: dict) -> tuple[float, ...] | None:
+    if choice == "voxel":
+        return None
+    if choice == "file":
+        if case.get("spacing") is None:
+            raise UserError(f"volume {case['case_name']} stores no spacing; use --spacing z,y,x (mm) or --spacing voxel")
+        return tuple(case["spacing"])
+    return tuple(choice)  # type: ignore[arg-type]
+
+
+def _submit(executor: Executor | None, fn: Callable, *args: Any) -> Future:
+    """Run ``fn`` in a worker process, or here and now when there are no workers."""
+    if executor is not None:
+        return executor.submit(fn, *args)
+    future: Future = Future()
+    future.set_result(fn(*args))
+    return future
+
+
+def prefetched(cases: Iterable[dict]) -> Iterator[dict]:
+    """The items of ``cases``, each read in a background thread while the caller works on the
+    previous one (h5py and numpy release the GIL while reading and decompressing)."""
+    iterator = iter(cases)
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(next, iterator, None)
+        while True:
+            case = pending.result()
+            if case is None:
+                return
+            pending = reader.submit(next, iterator, None)
+            yield case
+
+
+class _EvalMode:
+    """Put a network in eval mode for the evaluation and give it back in the mode it had."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self) -> nn.Module:
+        return self.model.eval()
+
+    def __exit__(self, *_: object) -> None:
+        self.model.train(self.was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# Volumes: Dice and HD95 per case and class
+
+
+@dataclass
+class VolumeResult:
+    """Scores of a set of volumes.
+
+    Attributes:
+        class_names: names of classes 1..C-1.
+        cases: case names, in evaluation order.
+        scores: float64 (cases, C - 1, 2) -- Dice and HD95 of each case and class.
+        convention: empty-mask rule (a "nan" convention averages with nanmean).
+        unit: HD95 unit, "voxels" or "mm".
+        example: one slice for a picture: ``{"image": (H, W) [0, 1], "prediction", "label"}``.
+    """
+
+    class_names: list[str]
+    cases: list[str]
+    scores: np.ndarray
+    convention: str
+    unit: str
+    example: dict = field(default_factory=dict, repr=False)
+
+    def _mean(self, values: np.ndarray, axis: int) -> np.ndarray:
+        return np.nanmean(values, axis=axis) if self.convention == "nan" else np.mean(values, axis=axis)
+
+    @property
+    def per_class(self) -> np.ndarray:
+        """(C - 1, 2): mean Dice and HD95 of each class over the cases."""
+        return self._mean(self.scores, axis=0)
+
+    @property
+    def mean_dice(self) -> float:
+        return float(self._mean(self.per_class, axis=0)[0])
+
+    @property
+    def mean_hd95(self) -> float:
+        return float(self._mean(self.per_class, axis=0)[1])
+
+    @property
+    def headline(self) -> float:
+        """The figure that selects best.pth: mean Dice."""
+        return self.mean_dice
+
+    def log(self, title: str) -> None:
+        """The per-case lines and the per-class table, in the published layout."""
+        for name, case_scores in zip(self.cases, self.scores):
+            logger.info("%s  mean Dice %.4f  mean HD95 %.2f", name, *self._mean(case_scores, axis=0))
+        logger.info("%s (%d case(s), convention %r): mean Dice %.4f, mean HD95 %.2f %s",
+                    title, len(self.cases), self.convention, self.mean_dice, self.mean_hd95, self.unit)
+        logger.info("%-14s %9s %12s", "class", "Dice (%)", f"HD95 ({self.unit})")
+        for name, (dice, hd95) in zip(self.class_names, self.per_class):
+            logger.info("%-14s %9.2f %12.2f", name, 100 * dice, hd95)
+        logger.info("%-14s %9.2f %12.2f", "mean", 100 * self.mean_dice, self.mean_hd95)
+
+    def add_to(self, writer: Any, tag: str, step: int) -> None:
+        """TensorBoard scalars ``{tag}/mean_dice`` and ``{tag}/mean_hd95``."""
+        writer.add_scalar(f"{tag}/mean_dice", self.mean_dice, step)
+        writer.add_scalar(f"{tag}/mean_hd95", self.mean_hd95, step)
+
+    def to_dict(self) -> dict:
+        return {
+            "convention": self.convention,
+            "hd95_unit": self.unit,
+            "mean_dice": self.mean_dice,
+            "mean_hd95": self.mean_hd95,
+            "per_class": [{"class": c, "name": name, "dice": float(d), "hd95": float(h)}
+                          for c, (name, (d, h)) in enumerate(zip(self.class_names, self.per_class), 1)],
+            "cases": [{"case": case, "dice": s[:, 0].tolist(), "hd95": s[:, 1].tolist()}
+                      for case, s in zip(self.cases, self.scores)],
+        }
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / METRICS_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        with open(folder / METRICS_CSV, "w", newline="") as stream:
+            rows = csv.writer(stream)
+            rows.writerow(["case", "class", "name", "dice", "hd95"])
+            for case, case_scores in zip(self.cases, self.scores):
+                for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, case_scores), 1):
+                    rows.writerow([case, c, name, f"{dice:.6f}", f"{hd95:.6f}"])
+            for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, self.per_class), 1):
+                rows.writerow(["mean", c, name, f"{dice:.6f}", f"{hd95:.6f}"])
+            rows.writerow(["mean", "", "all", f"{self.mean_dice:.6f}", f"{self.mean_hd95:.6f}"])
+        return folder / METRICS_JSON
+
+
+def _volume_example(case: dict, prediction: np.ndarray) -> dict:
+    """The slice of ``case`` with the most labelled voxels, for a picture."""
+    middle = int(np.argmax((case["label"] > 0).sum(axis=(1, 2))))
+    return {"image": case["image"][middle], "prediction": prediction[middle], "label": case["label"][middle]}
+
+
+class VolumeEvaluator:
+    """Predict labelled volumes with the published protocol and score them (Dice, HD95)."""
+
+    def __init__(self, num_classes: int, class_names: list[str], settings: EvalSettings) -> None:
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.settings = settings
+
+    def predict(self, model: nn.Module, image: np.ndarray) -> np.ndarray:
+        """(D, H, W) intensities in [0, 1] -> (D, H, W) uint8 labels."""
+        s = self.settings
+        with _EvalMode(model):
+            return predict_volume(model, image, s.img_size, s.batch_size, s.device, s.amp)
+
+    def evaluate(self, model: nn.Module, cases: Iterable[dict], on_case: OnCase | None = None,
+                 progress: Callable[[Iterable], Iterable] = iter) -> VolumeResult:
+        """Predict and score every case.
+
+        Args:
+            model: network mapping (B, 1, h, w) to logits (B, C, h, w).
+            cases: items ``{"image": (D, H, W) [0, 1], "label": (D, H, W), "case_name", "spacing"}``.
+            on_case: called with each case and its (D, H, W) prediction (e.g. to save it).
+            progress: wraps the case iterator (e.g. tqdm).
+        """
+        s = self.settings
+        context = multiprocessing.get_context(START_METHOD)
+        executor = ProcessPoolExecutor(s.workers, mp_context=context) if s.workers > 0 else None
+        futures, names, example = [], [], {}
+        try:
+            for case in progress(prefetched(cases)):
+                prediction = self.predict(model, case["image"])
+                label = case["label"].astype(np.uint8) if self.num_classes <= 256 else case["label"]
+                futures.append(_submit(executor, metrics_for_classes, prediction, label, self.num_classes,
+                                       _case_spacing(s.spacing, case), s.convention))
+                names.append(case["case_name"])
+                if not example:
+                    example = _volume_example(case, prediction)
+                if on_case is not None:
+                    on_case(case, prediction)
+            case_scores = np.stack([future.result() for future in futures])
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
+        return VolumeResult(self.class_names, names, case_scores, s.convention, s.unit, example)
+
+
+# --------------------------------------------------------------------------------------------
+# 2D images: pixel metrics pooled over all images
+
+
+@dataclass
+class ImageResult:
+    """Pixel metrics of a set of 2D images (``utils.images``).
+
+    Attributes:
+        class_names: names of classes 1..C-1.
+        cases: image names, in evaluation order.
+        counts: int64 (images, C - 1, 4) -- TP, FP, FN, TN of each image and class.
+        example: the first image for a picture: ``{"image": (H, W) grey [0, 1], "prediction", "label"}``.
+    """
+
+    class_names: list[str]
+    cases: list[str]
+    counts: np.ndarray
+    example: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def pooled(self) -> np.ndarray:
+        """(C - 1, 5): the metrics of ``METRIC_NAMES`` from the counts of all images pooled."""
+        return scores(self.counts.sum(axis=0))
+
+    @property
+    def per_image(self) -> np.ndarray:
+        """(images, C - 1, 5)."""
+        return scores(self.counts)
+
+    @property
+    def means(self) -> dict[str, float]:
+        """Each metric, pooled, averaged over the foreground classes."""
+        return {metric: float(value) for metric, value in zip(METRIC_NAMES, self.pooled.mean(axis=0))}
+
+    @property
+    def headline(self) -> float:
+        """The figure that selects best.pth: mean pooled Dice."""
+        return self.means["dice"]
+
+    def log(self, title: str) -> None:
+        logger.info("%s (%d images, pixels pooled): %s", title, len(self.cases),
+                    ", ".join(f"{metric} {value:.4f}" for metric, value in self.means.items()))
+        logger.info("%-14s %s", "class", " ".join(f"{m:>12}" for m in METRIC_NAMES))
+        for name, row in zip(self.class_names, self.pooled):
+            logger.info("%-14s %s", name, " ".join(f"{100 * v:12.2f}" for v in row))
+
+    def add_to(self, writer: Any, tag: str, step: int) -> None:
+        for metric, value in self.means.items():
+            writer.add_scalar(f"{tag}/{metric}", value, step)
+
+    def to_dict(self) -> dict:
+        totals = self.counts.sum(axis=0)
+        return {
+            "pooling": "pixels of all images",
+            **self.means,
+            "per_class": [{"class": c, "name": name, **dict(zip(METRIC_NAMES, map(float, row))),
+                           **dict(zip(("tp", "fp", "fn", "tn"), map(int, total)))}
+                          for c, (name, row, total) in enumerate(zip(self.class_names, self.pooled, totals), 1)],
+            "cases": [{"case": case, **{metric: values[:, k].tolist() for k, metric in enumerate(METRIC_NAMES)}}
+                      for case, values in zip(self.cases, self.per_image)],
+        }
+
+    def write(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / METRICS_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        with open(folder / METRICS_CSV, "w", newline="") as stream:
+            rows = csv.writer(stream)
+            rows.writerow(["case", "class", "name", *METRIC_NAMES])
+            for case, values in zip(self.cases, self.per_image):
+                for c, (name, row) in enumerate(zip(self.class_names, values), 1):
+                    rows.writerow([case, c, name, *(f"{v:.6f}" for v in row)])
+            for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1):
+                rows.writerow(["pooled", c, name, *(f"{v:.6f}" for v in row)])
+        return folder / METRICS_JSON
+
+
+class ImageEvaluator:
+    """Predict labelled 2D images at their own size and count their pixels."""
+
+    def __init__(self, num_classes: int, class_names: list[str], settings: EvalSettings) -> None:
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.settings = settings
+
+    def predict(self, model: nn.Module, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> uint8 (H, W) labels."""
+        s = self.settings
+        with _EvalMode(model):
+            return predict_image(model, image, s.img_size, s.device, s.amp)
+
+    def evaluate(self, model: nn.Module, cases: Iterable[dict], on_case: OnCase | None = None,
+                 progress: Callable[[Iterable], Iterable] = iter) -> ImageResult:
+        """Predict and count every image of ``cases`` (items ``{"image": uint8 (H, W, 3),
+        "label": (H, W), "case_name"}``)."""
+        counts, names, example = [], [], {}
+        for case in progress(prefetched(cases)):
+            prediction = self.predict(model, case["image"])
+            counts.append(confusion(prediction, case["label"], self.num_classes))
+            names.append(case["case_name"])
+            if not example:
+                example = {"image": case["image"].mean(axis=2) / 255.0, "prediction": prediction, "label": case["label"]}
+            if on_case is not None:
+                on_case(case, prediction)
+        return ImageResult(self.class_names, names, np.stack(counts), example)
+
+
+Evaluator = VolumeEvaluator | ImageEvaluator
+EvalResult = VolumeResult | ImageResult
+
+
+def build_evaluator(info: DatasetInfo, num_classes: int, class_names: list[str], settings: EvalSettings) -> Evaluator:
+    """The evaluator for the kind of data of a ``--dataset`` entry."""
+    kind = ImageEvaluator if info.kind == IMAGES else VolumeEvaluator
+    return kind(num_classes, class_names, settings)

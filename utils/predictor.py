@@ -1,0 +1,148 @@
+"""A trained network ready to predict: load any checkpoint in one call, predict a volume or an
+image in another -- exactly as ``test.py`` does, since ``test.py`` does it through here.
+
+    from utils.predictor import Predictor
+    predictor = Predictor.from_checkpoint("model_out/best.pth")          # or the published weights
+    labels = predictor.predict(volume)        # (D, H, W) in [0, 1] -> (D, H, W) uint8 class ids
+
+A checkpoint of ``train.py`` rebuilds its own network; a plain state dict (the published
+DAE-Former weights, with or without ``module.`` prefixes) loads into ``module`` (default
+DAE-Former) built for ``dataset``'s classes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasets.catalog import IMAGES, DatasetInfo, class_names, dataset_info
+from utils.checkpoint import is_self_describing, load_checkpoint, model_from_payload
+from utils.errors import UserError
+from utils.evaluation import EvalSettings, Evaluator, build_evaluator
+from utils.inference import default_batch_size, select_device
+from utils.loader import load_network_class, network_arguments
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODULE = "networks.DAEFormer.DAEFormer"  # what the published plain state dict holds
+DEFAULT_IMG_SIZE = 224
+
+
+def checked_info(dataset: str) -> DatasetInfo:
+    """The table entry of ``dataset``; a UserError (one line) for an unknown name or bad JSON."""
+    try:
+        return dataset_info(dataset)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+@dataclass
+class Predictor:
+    """A network in eval mode on its device, with what it needs to predict like test.py.
+
+    Attributes:
+        model: the network.
+        checkpoint: the file it came from.
+        model_kwargs: its constructor arguments.
+        train_args: the run settings stored in a train.py checkpoint (empty for a plain state dict).
+        info: the data-set entry (classes, kind of data, intensity window).
+        num_classes, img_size: as the network was trained.
+        device, amp, batch_size: how it runs.
+    """
+
+    model: nn.Module
+    checkpoint: Path
+    model_kwargs: dict[str, Any]
+    train_args: dict[str, Any]
+    info: DatasetInfo
+    num_classes: int
+    img_size: int
+    device: torch.device
+    amp: str = "off"
+    batch_size: int = 1
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        module: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        dataset: str = "Synapse",
+        num_classes: int | None = None,
+        img_size: int | None = None,
+        device: str = "auto",
+        amp: str = "off",
+        batch_size: int | None = None,
+    ) -> Predictor:
+        """Load a checkpoint of train.py or a plain state dict.
+
+        Args:
+            path: the checkpoint file.
+            module: network class of a plain state dict (default DAE-Former); must agree with a
+                train.py checkpoint if given.
+            model_kwargs: extra constructor arguments of a plain state dict.
+            dataset: data-set name or dataset.json (a train.py checkpoint names its own).
+            num_classes: must agree with the checkpoint if given.
+            img_size: network input size (default: the checkpoint's, else 224).
+            device: "auto", "cpu" or "cuda".
+            amp: "off", "bf16" or "fp16" autocast for inference.
+            batch_size: slices per forward pass (default 16 on a GPU, 1 on a CPU).
+        """
+        path = Path(path)
+        payload = load_checkpoint(path)
+        if is_self_describing(payload):
+            model = model_from_payload(payload, path, module)
+            kwargs, train_args = payload["model_kwargs"], payload["args"]
+            logger.info("%s: %s(%s), trained for %d epoch(s)", path, payload["module"], kwargs, payload["epoch"] + 1)
+        else:
+            module = module or DEFAULT_MODULE
+            plain_info = checked_info(dataset)
+            kwargs = network_arguments(load_network_class(module), num_classes or plain_info.num_classes, img_size,
+                                       plain_info.in_chans, **(model_kwargs or {}))
+            logger.info("%s is a plain state dict: loading it into %s(%s)", path, module, kwargs)
+            model, train_args = model_from_payload(payload, path, module, kwargs), {}
+        predicted = kwargs["num_classes"]
+        if num_classes is not None and num_classes != predicted:
+            raise UserError(f"--num_classes {num_classes} disagrees with {path}, which predicts {predicted} classes")
+        run_device = select_device(device)
+        return cls(
+            model=model.eval().to(run_device),
+            checkpoint=path,
+            model_kwargs=kwargs,
+            train_args=train_args,
+            info=checked_info(train_args.get("dataset", dataset)),
+            num_classes=predicted,
+            img_size=img_size or train_args.get("img_size") or kwargs.get("img_size") or DEFAULT_IMG_SIZE,
+            device=run_device,
+            amp=amp,
+            batch_size=batch_size or default_batch_size(run_device),
+        )
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of classes 1..num_classes-1."""
+        return class_names(self.info, self.num_classes)
+
+    def evaluator(self, convention: str = "published", spacing: str | tuple[float, float, float] = "voxel",
+                  workers: int = 0) -> Evaluator:
+        """The evaluation engine for this network and its kind of data."""
+        settings = EvalSettings((self.img_size, self.img_size), self.batch_size, self.device, self.amp,
+                                convention, spacing, workers)
+        return build_evaluator(self.info, self.num_classes, self.class_names, settings)
+
+    def predict(self, data: np.ndarray) -> np.ndarray:
+        """Segment one volume (D, H, W) with intensities in [0, 1] -- or, for 2D image data, one
+        uint8 image (H, W, 3) -- with the evaluation protocol. Returns uint8 class ids of the
+        input's spatial shape."""
+        data = np.asarray(data)
+        expected = 3
+        if data.ndim != expected:
+            what = "an (H, W, 3) uint8 image" if self.info.kind == IMAGES else "a (D, H, W) volume in [0, 1]"
+            raise UserError(f"predict takes {what}; got an array of shape {data.shape}")
+        return self.evaluator().predict(self.model, data)

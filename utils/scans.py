@@ -1,0 +1,67 @@
+"""NIfTI in and out for test.py: segmenting new scans (no labels) and saving evaluated volumes.
+
+Kept apart from the evaluation engine because it needs SimpleITK, which a machine that only
+trains and evaluates ``.npz`` / ``.h5`` data does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from datasets.common import DataError, normalise_volume
+from utils.predictor import Predictor
+from utils.visualize import montage
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+PREDICTION_SUFFIX = "_pred.nii.gz"
+
+
+def find_nifti(path: Path) -> list[Path]:
+    """NIfTI scans named by ``path`` (a file, or the files of a folder), predictions excluded."""
+    if path.is_file():
+        return [path] if path.name.endswith(NIFTI_SUFFIXES) else []
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.endswith(("_pred.nii.gz", "_pred.nii")))
+
+
+def nifti_stem(path: Path) -> str:
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def save_nifti(array: np.ndarray, path: Path, z_spacing: int) -> None:
+    """Write a (D, H, W) array with spacing (1, 1, z_spacing), as the published test script does."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1, 1, z_spacing))
+    sitk.WriteImage(image, str(path))
+
+
+def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: bool = False) -> Path:
+    """Predict one unlabeled NIfTI scan and write ``{name}_pred.nii.gz`` with its geometry.
+
+    Intensities are clipped to the data set's window (CT: HU) if it has one, then min-max
+    scaled to [0, 1], as the preprocessing of the training data did.
+    """
+    try:
+        scan = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise DataError(f"{path} is not a readable NIfTI file: {' '.join(str(error).split())[:200]}") from None
+    volume = sitk.GetArrayFromImage(scan).astype(np.float32)
+    if volume.ndim != 3:
+        raise DataError(f"{path} has {volume.ndim} dimensions; expected a 3D scan")
+    image = normalise_volume(volume, predictor.info.intensity_clip)
+    prediction = predictor.predict(image)
+    out = sitk.GetImageFromArray(prediction)
+    out.CopyInformation(scan)
+    target = save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}"
+    sitk.WriteImage(out, str(target))
+    if save_png:
+        montage(image, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
+    logger.info("%s -> %s (%s voxels labelled)", path.name, target, int((prediction > 0).sum()))
+    return target
