@@ -37,19 +37,6 @@ KIB = 1024
 T = TypeVar("T")
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``"cpu"`` or ``"cuda"``; ``None`` picks CUDA when torch sees a GPU, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in DEVICES:
-        raise ValueError(f"--device {name!r}: choose one of {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); use --device cpu"
-        )
-    return torch.device(name)
-
-
 def _status_kib(field: str) -> int | None:
     try:
         with open(PROC_STATUS) as status:

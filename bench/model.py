@@ -44,12 +44,11 @@ from bench.common import (  # noqa: E402
     logical_cpus,
     markdown_table,
     measure_step,
-    resolve_device,
     run_in_fresh_process,
 )
 from networks.blocks import MixFFN  # noqa: E402
 from utils import UserError, build_network, load_network_class, network_arguments  # noqa: E402
-from utils.inference import AMP_DTYPES, autocast  # noqa: E402
+from utils.inference import AMP_DTYPES, autocast, select_device  # noqa: E402
 from utils.loader import parse_model_kwargs  # noqa: E402
 
 NUM_CLASSES = 9  # Synapse: background + 8 organs
@@ -536,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
+        device = select_device(args.device or "auto")
         networks = resolve_networks(args.module, args.baseline_module, args.img_size, args.model_kwargs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -3,9 +3,9 @@
     python -m bench.train_speed                                   # DAE-Former, 224x224, batch 8, CPU: fp32 and bf16
     python -m bench.train_speed --device cuda --batch_size 24 --variants fp32 bf16 bf16+compile
 
-One step is exactly what train.py does per iteration: forward (under autocast for an AMP
-variant), 0.4 * CE + 0.6 * Dice on random labels, backward (through a GradScaler for fp16), SGD
-step, poly schedule step. Every variant runs in a fresh process (its own memory peak) and is
+One step is ``utils.training.train_step``, the function train.py calls each iteration: forward
+(under autocast for an AMP variant), 0.4 * CE + 0.6 * Dice on random labels, backward (through
+a GradScaler for fp16), SGD step, poly schedule step. Every variant runs in a fresh process (its own memory peak) and is
 reported as a ratio against the first variant, measured in the same run.
 """
 
@@ -23,13 +23,13 @@ from bench.common import (
     cpu_name,
     markdown_table,
     measure_step,
-    resolve_device,
     run_in_fresh_process,
 )
-from train import MOMENTUM, POLY_POWER, WEIGHT_DECAY
 from utils import build_network, load_network_class, network_arguments
-from utils.inference import autocast
+from utils.inference import select_device
+from utils.loader import parse_model_kwargs
 from utils.losses import CEDiceLoss
+from utils.training import build_optimizer, build_scheduler, train_step
 
 VARIANTS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile")
 NUM_CLASSES = 9
@@ -37,12 +37,13 @@ NUM_CLASSES = 9
 
 def make_train_step(device: torch.device, module: str, kwargs: dict[str, Any], batch: int, img_size: int,
                     variant: str) -> Callable[[], None]:
-    """Step factory for bench.common.measure_step: one training iteration of ``module``."""
+    """Step factory for bench.common.measure_step: ``utils.training.train_step``, the very
+    function train.py runs each iteration, on a fixed random batch."""
     amp, _, compiled = variant.partition("+")
     amp = "off" if amp == "fp32" else amp
     model = build_network(module, kwargs).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=10**6, power=POLY_POWER)
+    optimizer = build_optimizer(model, lr=0.01)
+    scheduler = build_scheduler(optimizer, total_iterations=10**6)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     criterion = CEDiceLoss()
     forward = torch.compile(model) if compiled else model
@@ -50,14 +51,7 @@ def make_train_step(device: torch.device, module: str, kwargs: dict[str, Any], b
     labels = torch.randint(0, NUM_CLASSES, (batch, img_size, img_size), device=device)
 
     def step() -> None:
-        with autocast(device, amp):
-            logits = forward(images)
-        loss, _, _ = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        train_step(forward, [(images, labels)], criterion, optimizer, scheduler, scaler, amp)
 
     return step
 
@@ -81,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        kwargs = network_arguments(load_network_class(args.module), NUM_CLASSES, args.img_size, **json.loads(args.model_kwargs))
+        device = select_device(args.device or "auto")
+        kwargs = network_arguments(load_network_class(args.module), NUM_CLASSES, args.img_size, **parse_model_kwargs(args.model_kwargs))
     except ValueError as error:
         print(f"bench.train_speed: error: {error}", file=sys.stderr)
         return 2
