@@ -68,7 +68,7 @@ def write_volume(test_dir: Path, case: str, image: np.ndarray, label: np.ndarray
     """Write a case as ``test_dir/CASE.npy.h5`` (float32 image and label, spacing attribute)."""
     test_dir.mkdir(parents=True, exist_ok=True)
     path = test_dir / (case + VOLUME_SUFFIX)
-    with h5py.File(path, "w") as file:
+    with h5py.File(path, "w", locking=False) as file:
         file.create_dataset(IMAGE_KEY, data=image.astype(np.float32))
         file.create_dataset(LABEL_KEY, data=label.astype(np.float32))
         if spacing is not None:

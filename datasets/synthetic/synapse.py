@@ -805,7 +805,7 @@ def generate_dataset(
             for k in range(num_slices):
                 np.savez(train_dir / f"{slice_name(cid, k)}.npz", image=image[k], label=label[k])
         else:
-            with h5py.File(test_dir / f"{cid}{VOLUME_SUFFIX}", "w") as file:
+            with h5py.File(test_dir / f"{cid}{VOLUME_SUFFIX}", "w", locking=False) as file:
                 file.create_dataset("image", data=image)
                 file.create_dataset("label", data=label)
                 file.attrs["spacing"] = np.array(spacing_mm(size, num_slices), dtype=np.float64)
