@@ -9,6 +9,8 @@ OUT=${OUT:-runs/demo}
 EPOCHS=${EPOCHS:-24}
 
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
+# --overwrite replaces only a folder this generator made (it holds a .synthetic-dataset marker);
+# pointing DATA at real data stops here with exit 2 and deletes nothing.
 python3 -m datasets.synthetic.synapse --out "$DATA" --overwrite
 # A U-Net with 8 base channels at 128x128 and no augmentation: what learns all eight organs
 # within minutes on a CPU (see README, "Quick start"). The rest is the published recipe.

@@ -329,7 +329,7 @@ class SynapseVolumes(Dataset):
 
     def _check_keys(self, path: Path) -> None:
         try:
-            with h5py.File(path, "r") as file:
+            with h5py.File(path, "r", locking=False) as file:
                 keys = list(file.keys())
         except OSError as error:
             raise _h5_error(path, error) from error
@@ -348,7 +348,7 @@ class SynapseVolumes(Dataset):
         name = self.names[index]
         path = self._path(name)
         try:
-            with h5py.File(path, "r") as file:
+            with h5py.File(path, "r", locking=False) as file:
                 missing = [key for key in self._required_keys() if key not in file]
                 if missing:
                     raise DataError(

@@ -72,7 +72,7 @@ def cases() -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_layout_file_names_and_summary(small):
     out = small["out_dir"]
-    assert sorted(p.name for p in out.iterdir()) == ["lists", "test_vol_h5", "train_npz"]
+    assert sorted(p.name for p in out.iterdir()) == [".synthetic-dataset", "lists", "test_vol_h5", "train_npz"]
     assert small["train_case_ids"] == ["case0001", "case0002", "case0003"]
     assert small["test_case_ids"] == ["case0004"]
     names = sorted(p.name for p in (out / "train_npz").iterdir())

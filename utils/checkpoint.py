@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,22 @@ def find_checkpoint(output_dir: str | Path, model_name: str | None, max_epochs: 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` atomically: to a temporary file beside ``path``, then rename, so an
-    interrupted write never leaves a truncated checkpoint behind."""
+    interrupted write never leaves a truncated checkpoint behind.
+
+    The file gets the permissions a plain ``open(path, "wb")`` would give it (0666 less the
+    umask, and the folder's default ACL), so colleagues on a shared cluster can read it;
+    ``tempfile.mkstemp`` would make it 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            # O_EXCL: never write into a file someone else created; the kernel applies the umask.
+            handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
@@ -66,7 +78,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             os.fsync(stream.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

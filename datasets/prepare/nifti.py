@@ -5,8 +5,8 @@ Input:
 
 - ``--images DIR``: 3D scans ``NAME.nii.gz`` (or ``.nii``); an nnU-Net-style channel suffix
   ``NAME_0000.nii.gz`` is accepted and dropped from the case name;
-- ``--labels DIR``: label volumes ``NAME.nii.gz`` of the same size, voxel values the class ids
-  0 (background), 1..K;
+- ``--labels DIR``: label volumes ``NAME.nii.gz`` on the image's voxel grid (same size, spacing,
+  origin and direction, up to header rounding), voxel values the class ids 0 (background), 1..K;
 - ``--classes classes.json``: the names of classes 1..K, e.g. ``{"1": "liver", "2": "tumour"}``
   (an entry "0" for the background is allowed and ignored).
 

@@ -209,7 +209,7 @@ def convert(
     for case in tqdm(cases, desc="BTCV -> Synapse", unit="case"):
         image, label, spacing = read_case(case)
         if case.name in test_cases:
-            with h5py.File(test_dir / (case.name + VOLUME_SUFFIX), "w") as file:
+            with h5py.File(test_dir / (case.name + VOLUME_SUFFIX), "w", locking=False) as file:
                 file.create_dataset(IMAGE_KEY, data=image)
                 file.create_dataset(LABEL_KEY, data=label)
                 file.attrs[SPACING_ATTR] = np.asarray(spacing, np.float64)

@@ -15,6 +15,7 @@ Files (as ``datasets.prepare.acdc`` writes them)::
     OUT/train_npz/patientNNN_frame01_sliceKKK.npz   image, label: float32 (S, S)
     OUT/test_vol_h5/patientNNN_frame01.npy.h5       image, label: float32 (D, S, S); spacing
     OUT/lists/train.txt, OUT/lists/val_vol.txt, OUT/lists/test_vol.txt
+    OUT/.synthetic-dataset                          the marker: only a folder with it is ever overwritten
 
 Patients 1..T train, then the validation patients, then the test patients. A case depends only
 on (seed, its patient number, size, min/max slices).
@@ -23,6 +24,7 @@ CLI::
 
     python -m datasets.synthetic.acdc --out data/acdc_phantom [--seed 1234] [--size 128]
         [--train_cases 12] [--val_cases 2] [--test_cases 4] [--min_slices 8] [--max_slices 12]
+        [--overwrite]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from datasets.catalog import DATASETS
 from datasets.common import normalise_volume
 from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
 from datasets.prepare.common import write_training_slices, write_volume
+from datasets.synthetic.output import prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ DEFAULT_MAX_SLICES = 12
 MIN_SIZE = 32  # below this the myocardium is under two pixels thick
 MAX_CASES = 999  # patient numbers have 3 digits
 LIST_DIR = "lists"
+GENERATOR = "datasets.synthetic.acdc"  # the name in the output folder's marker
 
 # Geometry in normalised in-plane coordinates over [-1, 1] (x to the image's right, y down).
 FOV_MM = 350.0  # a typical cardiac field of view
@@ -145,18 +149,21 @@ def generate_dataset(
     test_cases: int = DEFAULT_TEST_CASES,
     min_slices: int = DEFAULT_MIN_SLICES,
     max_slices: int = DEFAULT_MAX_SLICES,
+    overwrite: bool = False,
 ) -> dict:
     """Write a synthetic ACDC-like data set (see the module docstring).
 
     Patient ``n`` is drawn from the n-th child of ``np.random.default_rng(seed)``, its slice
-    count first.
+    count first. ``overwrite`` replaces the data an earlier run of this generator left in
+    ``out_dir``; a folder that is not empty and not marked as this generator's is never touched.
 
     Returns:
         ``out_dir``, ``train_dir``, ``test_dir``, ``list_dir`` (Paths), ``train``, ``val``,
         ``test`` (case names), ``num_train_slices``.
 
     Raises:
-        ValueError: a bad argument (the message names its CLI flag).
+        ValueError: a bad argument (the message names its CLI flag), or an ``out_dir`` that is
+            not empty and not this generator's, or holds its data without ``overwrite``.
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise ValueError(f"--size must be an integer >= {MIN_SIZE} pixels, got {size!r}")
@@ -166,9 +173,7 @@ def generate_dataset(
     if any(value < 1 for value in counts.values()) or sum(counts.values()) > MAX_CASES:
         raise ValueError(f"{', '.join(counts)} must each be at least 1 and together at most {MAX_CASES}, got "
                          f"{train_cases}, {val_cases}, {test_cases}")
-    out_dir = Path(out_dir)
-    if (out_dir / TRAIN_DIR).exists() or (out_dir / TEST_DIR).exists():
-        raise ValueError(f"--out {out_dir} already holds {TRAIN_DIR}/ or {TEST_DIR}/; choose an empty folder")
+    out_dir = prepare_output(out_dir, GENERATOR, (TRAIN_DIR, TEST_DIR, LIST_DIR), overwrite)
     total = train_cases + val_cases + test_cases
     rngs = np.random.default_rng(seed).spawn(total)
     roles = ["train"] * train_cases + ["val"] * val_cases + ["test"] * test_cases
@@ -204,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_cases", type=int, default=DEFAULT_TEST_CASES)
     parser.add_argument("--min_slices", type=int, default=DEFAULT_MIN_SLICES)
     parser.add_argument("--max_slices", type=int, default=DEFAULT_MAX_SLICES)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the data an earlier run of this generator left in --out")
     return parser
 
 
@@ -213,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         generate_dataset(args.out, args.seed, args.size, args.train_cases, args.val_cases, args.test_cases,
-                         args.min_slices, args.max_slices)
+                         args.min_slices, args.max_slices, args.overwrite)
     except ValueError as error:
-        parser.error(str(error))
+        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

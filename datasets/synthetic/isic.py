@@ -11,13 +11,14 @@ Files (the layout ``datasets.isic`` reads)::
 
     OUT/images/ISIC_NNNNNNN.jpg, OUT/masks/ISIC_NNNNNNN_segmentation.png
     OUT/lists/train.txt, val.txt, test.txt
+    OUT/.synthetic-dataset    the marker: only a folder with it is ever overwritten
 
 Images 1..T train, then validation, then test. An image depends only on (seed, its number, size).
 
 CLI::
 
     python -m datasets.synthetic.isic --out data/isic_phantom [--seed 1234] [--size 128]
-        [--train_images 40] [--val_images 6] [--test_images 10]
+        [--train_images 40] [--val_images 6] [--test_images 10] [--overwrite]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from scipy import ndimage
 from datasets.common import TEST, TRAIN, VAL
 from datasets.isic import IMAGE_DIR, IMAGE_SUFFIX, LIST_NAMES, MASK_DIR, MASK_SUFFIX
 from datasets.lists import write_list
+from datasets.synthetic.output import prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ MIN_SIZE = 32
 ASPECT = 0.75
 JPEG_QUALITY = 95
 LIST_DIR = "lists"
+GENERATOR = "datasets.synthetic.isic"  # the name in the output folder's marker
 MASK_ON = 255
 
 SKIN_RGB = ((225, 180, 160), (175, 120, 95))  # range of skin tones (light to dark)
@@ -110,17 +113,20 @@ def image_name(number: int) -> str:
 
 def generate_dataset(out_dir: str | Path, seed: int = DEFAULT_SEED, size: int = DEFAULT_SIZE,
                      train_images: int = DEFAULT_TRAIN, val_images: int = DEFAULT_VAL,
-                     test_images: int = DEFAULT_TEST) -> dict:
+                     test_images: int = DEFAULT_TEST, overwrite: bool = False) -> dict:
     """Write synthetic lesion images, masks and lists (see the module docstring).
 
-    Image ``n`` is drawn from the n-th child of ``np.random.default_rng(seed)``.
+    Image ``n`` is drawn from the n-th child of ``np.random.default_rng(seed)``. ``overwrite``
+    replaces the data an earlier run of this generator left in ``out_dir``; a folder that is
+    not empty and not marked as this generator's is never touched.
 
     Returns:
         ``out_dir``, ``list_dir`` (Paths) and the names of each split (``train``, ``val``,
         ``test``).
 
     Raises:
-        ValueError: a bad argument (the message names its CLI flag).
+        ValueError: a bad argument (the message names its CLI flag), or an ``out_dir`` that is
+            not empty and not this generator's, or holds its data without ``overwrite``.
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise ValueError(f"--size must be an integer >= {MIN_SIZE} pixels, got {size!r}")
@@ -128,10 +134,8 @@ def generate_dataset(out_dir: str | Path, seed: int = DEFAULT_SEED, size: int = 
     if min(counts.values()) < 1:
         raise ValueError(f"--train_images, --val_images and --test_images must each be at least 1, got "
                          f"{train_images}, {val_images}, {test_images}")
-    out_dir = Path(out_dir)
-    if (out_dir / IMAGE_DIR).exists():
-        raise ValueError(f"--out {out_dir} already holds {IMAGE_DIR}/; choose an empty folder")
-    (out_dir / IMAGE_DIR).mkdir(parents=True)
+    out_dir = prepare_output(out_dir, GENERATOR, (IMAGE_DIR, MASK_DIR, LIST_DIR), overwrite)
+    (out_dir / IMAGE_DIR).mkdir()
     (out_dir / MASK_DIR).mkdir(parents=True, exist_ok=True)
     rngs = np.random.default_rng(seed).spawn(sum(counts.values()))
     names: dict[str, list[str]] = {role: [] for role in counts}
@@ -158,12 +162,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train_images", type=int, default=DEFAULT_TRAIN)
     parser.add_argument("--val_images", type=int, default=DEFAULT_VAL)
     parser.add_argument("--test_images", type=int, default=DEFAULT_TEST)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the data an earlier run of this generator left in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        generate_dataset(args.out, args.seed, args.size, args.train_images, args.val_images, args.test_images)
+        generate_dataset(args.out, args.seed, args.size, args.train_images, args.val_images, args.test_images, args.overwrite)
     except ValueError as error:
-        parser.error(str(error))
+        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

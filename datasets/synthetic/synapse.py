@@ -15,6 +15,7 @@ Files written by ``generate_dataset`` (and the CLI)::
     OUT/train_npz/caseXXXX_sliceNNN.npz   image, label: float32 (S, S); one slice per file
     OUT/test_vol_h5/caseXXXX.npy.h5       image, label: float32 (D, S, S); attribute spacing
     OUT/lists/train.txt, OUT/lists/test_vol.txt
+    OUT/.synthetic-dataset                the marker: only a folder with it is ever overwritten
 
 Training cases are case0001 ... caseNNNN, test cases follow on. The content of a case depends
 only on (seed, its case number, size, min/max slices): asking for more cases adds cases and
@@ -48,6 +49,7 @@ from datasets.lists import (
     slice_name,
     write_synapse_lists,
 )
+from datasets.synthetic.output import prepare_output
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ MIN_SIZE = 32  # below this the aorta (2.5 cm) is under a pixel wide
 MAX_CASES = 9999  # case ids have 4 digits
 MAX_SLICES = 1000  # slice indices have 3 digits
 LIST_DIR = "lists"
+GENERATOR = "datasets.synthetic.synapse"  # the name in the output folder's marker
 
 # Geometry. Normalised in-plane coordinates run over [-1, 1] across the field of view, x to the
 # image's right (patient's left), y down the image (anterior -> posterior); z runs over [0, 1]
@@ -728,12 +731,6 @@ def case_id(number: int) -> str:
     return f"case{number:04d}"
 
 
-def _existing_files(out_dir: Path) -> list[Path]:
-    """Files a previous run would have written (they would end up in the new lists)."""
-    return sorted([*(out_dir / TRAIN_DIR).glob("case*_slice*.npz"),
-                   *(out_dir / TEST_DIR).glob("case*" + VOLUME_SUFFIX)])
-
-
 def spacing_mm(size: int, num_slices: int) -> tuple[float, float, float]:
     """Voxel spacing (z, y, x) in mm of a phantom volume of ``num_slices`` x ``size`` x ``size``."""
     return (COVERAGE_MM / num_slices, FOV_MM / size, FOV_MM / size)
@@ -762,8 +759,9 @@ def generate_dataset(
         size: in-plane size S in pixels (>= 32).
         train_cases, test_cases: number of cases of each set (>= 1).
         min_slices, max_slices: range of the slice count D of a case (inclusive).
-        overwrite: delete phantom/Synapse files a previous run left in ``out_dir`` first;
-            otherwise such files are an error, as they would end up in the lists.
+        overwrite: delete the data an earlier run of this generator left in ``out_dir``
+            first; otherwise it is an error, as it would end up in the lists. A folder that
+            is not empty and not marked as this generator's is never touched (ValueError).
         progress: show a progress bar.
 
     Returns:
@@ -772,21 +770,14 @@ def generate_dataset(
         ``num_test_slices`` (int).
 
     Raises:
-        ValueError: a bad argument (the message names its CLI flag), or old files in out_dir.
+        ValueError: a bad argument (the message names its CLI flag), or an ``out_dir`` that is
+            not empty and not this generator's, or holds its data without ``overwrite``.
     """
     _check_geometry(size, min_slices, max_slices)
     _check_counts(train_cases, test_cases)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
-    out_dir = Path(out_dir)
-    old = _existing_files(out_dir)
-    if old and not overwrite:
-        raise ValueError(
-            f"--out {out_dir} already holds {len(old)} data files (e.g. {old[0]}); "
-            "choose an empty folder or pass --overwrite"
-        )
-    for path in old:
-        path.unlink()
+    out_dir = prepare_output(out_dir, GENERATOR, (TRAIN_DIR, TEST_DIR, LIST_DIR), overwrite)
     train_dir, test_dir = out_dir / TRAIN_DIR, out_dir / TEST_DIR
     train_dir.mkdir(parents=True, exist_ok=True)
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -805,7 +796,7 @@ def generate_dataset(
             for k in range(num_slices):
                 np.savez(train_dir / f"{slice_name(cid, k)}.npz", image=image[k], label=label[k])
         else:
-            with h5py.File(test_dir / f"{cid}{VOLUME_SUFFIX}", "w") as file:
+            with h5py.File(test_dir / f"{cid}{VOLUME_SUFFIX}", "w", locking=False) as file:
                 file.create_dataset("image", data=image)
                 file.create_dataset("label", data=label)
                 file.attrs["spacing"] = np.array(spacing_mm(size, num_slices), dtype=np.float64)
@@ -845,7 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_slices", type=int, default=DEFAULT_MAX_SLICES,
                         help="most axial slices per case")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace data files an earlier run left in --out")
+                        help="replace the data an earlier run of this generator left in --out (never "
+                        "touches a folder without its .synthetic-dataset marker)")
     return parser
 
 
@@ -861,7 +853,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             overwrite=args.overwrite, progress=True,
         )
     except ValueError as error:
-        parser.error(str(error))
+        parser.exit(2, f"error: {error}\n")
     logger.info("done in %.1f s; lists: %s, %s", time.perf_counter() - start,
                 summary["train_list"], summary["test_list"])
     return summary
