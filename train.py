@@ -202,7 +202,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
         info = dataset_info(args.dataset)
     except ValueError as error:
         raise UserError(str(error)) from None
-    notes = []
+    notes = ignored_note(args, IGNORED_FLAGS)
     filled = {}
     for flag, default in (("num_classes", info.num_classes), ("root_path", info.root_path),
                           ("test_path", info.test_path), ("list_dir", info.list_dir), ("in_chans", info.in_chans)):
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config, notes = resolve_config(args)
-        train(config, notes + ignored_note(args, IGNORED_FLAGS))
+        train(config, notes)
     except (UserError, DataError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2

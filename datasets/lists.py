@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from datasets.common import TEST, TRAIN, VAL, DataError
 

@@ -17,10 +17,10 @@ from datasets.common import CT_WINDOW, normalise_volume
 from networks.DAEFormer import DAEFormer
 from tests.band_network import IntensityBands
 from tests.conftest import REPO, TINY_SIZE, load_test_script, run_script
-
-TEST_SCRIPT = load_test_script()
 from utils.checkpoint import load_checkpoint, model_from_payload
 from utils.inference import predict_volume
+
+TEST_SCRIPT = load_test_script()
 
 BANDS = "tests.band_network.IntensityBands"
 

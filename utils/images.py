@@ -16,7 +16,7 @@ nothing to find and nothing was wrongly found. Predictions are scored at each im
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -23,7 +23,7 @@ offers the published one and the one MONAI / nnU-Net use, both pinned by tests.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from datasets.common import DataError, normalise_volume
+from datasets.scans import CANONICAL_ORIENTATION, read_scan, write_prediction
 from utils.predictor import Predictor
 from utils.visualize import montage
 
@@ -43,25 +43,18 @@ def save_nifti(array: np.ndarray, path: Path, z_spacing: int) -> None:
 
 
 def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: bool = False) -> Path:
-    """Predict one unlabeled NIfTI scan and write ``{name}_pred.nii.gz`` with its geometry.
+    """Predict one unlabeled scan and write ``{name}_pred.nii.gz`` on its own grid.
 
-    Intensities are clipped to the data set's window (CT: HU) if it has one, then min-max
-    scaled to [0, 1], as the preprocessing of the training data did.
+    ``datasets.scans.read_scan`` reorients the scan to the orientation the network was trained
+    on, refuses NaN / infinite voxels, clips to the data set's window (CT: HU) if it has one and
+    scales to [0, 1], as the preprocessing of the training data did; the prediction is oriented
+    back and written with the scan's geometry.
     """
-    try:
-        scan = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise DataError(f"{path} is not a readable NIfTI file: {' '.join(str(error).split())[:200]}") from None
-    volume = sitk.GetArrayFromImage(scan).astype(np.float32)
-    if volume.ndim != 3:
-        raise DataError(f"{path} has {volume.ndim} dimensions; expected a 3D scan")
-    image = normalise_volume(volume, predictor.info.intensity_clip)
-    prediction = predictor.predict(image)
-    out = sitk.GetImageFromArray(prediction)
-    out.CopyInformation(scan)
-    target = save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}"
-    sitk.WriteImage(out, str(target))
+    scan = read_scan(path, predictor.info.intensity_clip)
+    prediction = predictor.predict(scan.image)
+    target = write_prediction(scan, prediction, save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}")
     if save_png:
-        montage(image, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
-    logger.info("%s -> %s (%s voxels labelled)", path.name, target, int((prediction > 0).sum()))
+        montage(scan.image, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
+    logger.info("%s (stored %s, read as %s) -> %s (%s voxels labelled)", path.name, scan.orientation,
+                CANONICAL_ORIENTATION, target, int((prediction > 0).sum()))
     return target

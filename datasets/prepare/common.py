@@ -9,8 +9,8 @@ Output layout (what ``datasets.synapse`` reads)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np

@@ -9,8 +9,8 @@ layout (``DATA=data/Synapse bash demo.sh`` once deleted the real Synapse files).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 MARKER = ".synthetic-dataset"
 
