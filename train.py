@@ -13,13 +13,16 @@ panels, self-describing checkpoints (last.pth every epoch, best.pth by validatio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ from utils.inference import AMP_DTYPES, DEVICES, default_batch_size, select_devi
 from utils.loader import parse_model_kwargs
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
+from utils.runs import RunLock, StopSignal, new_run_id, prepare_folder
 from utils.training import (
     LR_RULES,
     REFERENCE_BATCH,
@@ -64,6 +68,7 @@ from utils.training import (
     StepLosses,
     build_optimizer,
     build_scheduler,
+    poly_lr,
     restore_rng_state,
     rng_state,
     scaled_lr,
@@ -80,6 +85,14 @@ IGNORED_FLAGS = ("--zip", "--cache-mode", "--amp-opt-level", "--tag", "--eval", 
 # Reading a loss from the GPU waits for it; the loop does so only every this many steps.
 LOG_EVERY = 20
 EVAL_FOLDER = "eval"
+# Under torchrun the evaluation is shared by all processes, so no process waits for the others
+# much longer than a step; the timeout only has to cover slow disks and checkpoint writes.
+DIST_TIMEOUT_MIN = 60.0
+AUTO = "auto"
+# Settings that define what a run trains; resuming with any of them changed is refused unless
+# --resume_accept_changes (max_epochs / max_iterations may change: the schedule follows).
+RUN_DEFINING = ("module", "model_kwargs", "dataset", "num_classes", "train_list_sha256", "val_cases", "batch_size",
+                "accumulation_steps", "base_lr", "lr_batch_rule", "img_size", "ce_weight", "dice_weight")
 
 
 class TrainingStopped(UserError):
@@ -138,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision (fp16 uses a GradScaler)")
     run.add_argument("--compile", action="store_true", help="torch.compile the network")
-    run.add_argument("--resume", help="checkpoint to continue from (e.g. OUTPUT_DIR/last.pth)")
+    run.add_argument("--resume", help="checkpoint to continue from, or 'auto': OUTPUT_DIR/last.pth when it exists, else a "
+                                      "fresh start (one command for the first launch and every requeue)")
+    run.add_argument("--resume_accept_changes", action="store_true",
+                     help="resume even though run-defining settings (network, batch, data, lr, size) differ from the "
+                          "checkpoint's; without it such a resume is refused, naming each change")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --output_dir (its checkpoints, logs and args.json are removed first)")
+    run.add_argument("--dist_timeout", type=float, default=DIST_TIMEOUT_MIN,
+                     help="minutes a process waits in a collective operation under torchrun before giving up")
     add_ignored_flags(parser, IGNORED_FLAGS)
     return parser
 
@@ -156,6 +177,7 @@ class RunConfig:
     root_path: str
     test_path: str
     list_dir: str
+    train_list_sha256: str | None  # the training list's content, so a resume can tell it changed
     num_classes: int
     class_names: tuple[str, ...]
     img_size: int
@@ -185,6 +207,9 @@ class RunConfig:
     amp: str
     compile: bool
     resume: str | None
+    resume_accept_changes: bool
+    overwrite: bool
+    dist_timeout: float
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +243,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     _at_least("val_cases", args.val_cases, 0)
     _at_least("eval_workers", args.eval_workers, 0)
     _at_least("num_workers", args.num_workers, 0)
+    if args.dist_timeout <= 0:
+        raise UserError(f"--dist_timeout must be a positive number of minutes, got {args.dist_timeout}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: continue the run or replace it, not both")
     num_classes = filled["num_classes"]
     if num_classes < 2:
         raise UserError(f"--num_classes must be at least 2 (background and one class), got {num_classes}")
@@ -239,9 +268,11 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     if args.n_gpu and args.n_gpu > 1 and "WORLD_SIZE" not in os.environ:
         notes.append(f"--n_gpu {args.n_gpu} is not how this script uses several GPUs; run "
                      f"torchrun --nproc_per_node {args.n_gpu} train.py ... (this run uses one device)")
+    train_list = Path(filled["list_dir"]) / info.train_list
+    train_list_sha256 = hashlib.sha256(train_list.read_bytes()).hexdigest() if train_list.is_file() else None
     config = RunConfig(
         dataset=args.dataset, kind=info.kind, root_path=filled["root_path"], test_path=filled["test_path"],
-        list_dir=filled["list_dir"], num_classes=num_classes, class_names=tuple(class_names(info, num_classes)),
+        list_dir=filled["list_dir"], train_list_sha256=train_list_sha256, num_classes=num_classes, class_names=tuple(class_names(info, num_classes)),
         img_size=args.img_size, augment=args.augment, val_cases=args.val_cases, num_workers=args.num_workers,
         module=args.module, model_kwargs=model_kwargs, model_name=args.model_name or args.module.rpartition(".")[2],
         use_checkpoint=args.use_checkpoint, max_epochs=args.max_epochs, max_iterations=args.max_iterations,
@@ -249,7 +280,8 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
         lr_batch_rule=args.lr_batch_rule, ce_weight=args.ce_weight, dice_weight=args.dice_weight, seed=args.seed,
         deterministic=bool(args.deterministic), output_dir=args.output_dir, eval_interval=args.eval_interval,
         eval_batch_size=args.eval_batch_size, eval_workers=args.eval_workers, device=args.device, amp=args.amp,
-        compile=args.compile, resume=args.resume,
+        compile=args.compile, resume=args.resume, resume_accept_changes=args.resume_accept_changes,
+        overwrite=args.overwrite, dist_timeout=args.dist_timeout,
     )
     return config, notes
 
@@ -258,17 +290,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config, notes = resolve_config(args)
-        train(config, notes)
+        return train(config, notes)
     except (UserError, DataError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
+        report_failure(f"train.py: error: {error}")
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
 
 
-def setup_device(choice: str) -> tuple[torch.device, int, int]:
+def report_failure(message: str) -> None:
+    """The one-line failure on stderr and, once the run logs to a file, in log.txt too."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    print(message, file=sys.stderr)
+    for handler in files:
+        handler.emit(logging.LogRecord("train", logging.ERROR, __file__, 0, message, None, None))
+
+
+def setup_device(choice: str, timeout_min: float = DIST_TIMEOUT_MIN) -> tuple[torch.device, int, int]:
     """The device of this process, its rank and the world size; joins the process group when
     started by torchrun (NCCL on GPUs, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -278,7 +317,7 @@ def setup_device(choice: str) -> tuple[torch.device, int, int]:
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_min))
     return device, (dist.get_rank() if world_size > 1 else 0), world_size
 
 
@@ -312,8 +351,7 @@ def make_datasets(config: RunConfig, rank: int) -> tuple[Dataset, Any, str]:
     if dist.is_initialized():
         dist.barrier()
     train_set = SynapseSlices(config.root_path, split_list, config.num_classes, img_size, augment=config.augment)
-    validation = slices_to_volumes(config.root_path, names, val_cases, config.num_classes) if rank == 0 else []
-    return train_set, validation, "validation"
+    return train_set, slices_to_volumes(config.root_path, names, val_cases, config.num_classes), "validation"
 
 
 def evaluation_due(epoch: int, config: RunConfig, last_epoch: int, eval_kind: str) -> bool:
@@ -329,51 +367,92 @@ def evaluation_due(epoch: int, config: RunConfig, last_epoch: int, eval_kind: st
 
 @dataclass
 class TrainState:
-    """What changes as the run goes: the live objects and the counters a checkpoint holds."""
+    """What changes as the run goes: the live objects, the counters and the position a
+    checkpoint holds.
+
+    ``epoch`` is the epoch under way; ``batches_done`` the loader batches of it already used;
+    ``epoch_rng`` the random streams as they were when the epoch began (shuffling and
+    augmentation are drawn from them), so an interrupted epoch resumes on the very same batches.
+    """
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    run_id: str
     epoch: int = 0
     iteration: int = 0
     best_dice: float = -1.0
+    batches_done: int = 0
+    epoch_rng: dict[str, Any] | None = None
 
-    def payload(self, config: RunConfig) -> dict[str, Any]:
-        """The self-describing checkpoint of the state after epoch ``self.epoch``."""
-        return {
+    def payload(self, config: RunConfig, finished_epoch: bool = True) -> dict[str, Any]:
+        """The self-describing checkpoint: after epoch ``self.epoch``, or -- ``finished_epoch``
+        False -- inside it, after ``batches_done`` batches."""
+        payload = {
             "format": FORMAT,
+            "run_id": self.run_id,
             "module": config.module,
             "model_kwargs": config.model_kwargs,
             "model": unwrap(self.model).state_dict(),
             "args": config.to_json(),
-            "epoch": self.epoch,
+            "epoch": self.epoch if finished_epoch else self.epoch - 1,
             "iteration": self.iteration,
             "best_dice": self.best_dice,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state() if finished_epoch else self.epoch_rng,
         }
+        if not finished_epoch:
+            payload["within_epoch"] = {"epoch": self.epoch, "batches_done": self.batches_done}
+        return payload
 
 
-def resume(state: TrainState, config: RunConfig, rank: int) -> None:
-    """Load model, optimiser, schedule, scaler, counters and random streams from --resume."""
-    payload = load_checkpoint(config.resume)
+def changed_settings(saved: dict[str, Any], config: RunConfig) -> list[str]:
+    """'flag old -> new' for every run-defining setting that differs from the checkpoint's."""
+    now = config.to_json()
+    return [f"{name} {saved.get(name)!r} -> {now[name]!r}" for name in RUN_DEFINING if saved.get(name) != now[name]]
+
+
+def resume(state: TrainState, path: Path, config: RunConfig, rank: int, max_iterations: int) -> None:
+    """Continue from ``path``: weights, optimiser, schedule, scaler, counters, random streams and
+    the position inside an interrupted epoch. Refuses a changed run (unless told to accept it);
+    a new length re-plans the poly schedule as if the run had been planned so from the start."""
+    payload = load_checkpoint(path)
     if payload.get("format") != FORMAT:
-        raise UserError(f"--resume {config.resume} is not a training checkpoint of this repository (a plain state dict?)")
-    if payload["module"] != config.module or payload["model_kwargs"] != config.model_kwargs:
-        raise UserError(f"--resume {config.resume} was trained as {payload['module']}({payload['model_kwargs']}), "
-                        f"not {config.module}({config.model_kwargs}); give the same --module and --model_kwargs")
-    load_weights(unwrap(state.model), payload["model"], config.resume)
+        raise UserError(f"--resume {path} is not a training checkpoint of this repository (a plain state dict?)")
+    saved = payload["args"]
+    changes = changed_settings(saved, config)
+    if changes and not config.resume_accept_changes:
+        raise UserError(f"--resume {path} was trained with other settings: {'; '.join(changes)}; give the same flags, "
+                        "or --resume_accept_changes to continue anyway")
+    for change in changes:
+        logger.warning("resuming with a changed setting (--resume_accept_changes): %s", change)
+    load_weights(unwrap(state.model), payload["model"], path)
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
-    state.scaler.load_state_dict(payload["scaler"])
-    state.epoch, state.iteration, state.best_dice = payload["epoch"] + 1, payload["iteration"], payload["best_dice"]
+    if saved.get("amp") == config.amp:
+        state.scaler.load_state_dict(payload["scaler"])
+    else:
+        logger.info("--amp %s where the checkpoint trained with %s: a fresh gradient scaler", config.amp, saved.get("amp"))
+    state.iteration, state.best_dice = payload["iteration"], payload["best_dice"]
+    state.run_id = payload.get("run_id") or state.run_id
+    within = payload.get("within_epoch")
+    state.epoch, state.batches_done = (within["epoch"], within["batches_done"]) if within else (payload["epoch"] + 1, 0)
     restore_rng_state(payload["rng"])
+    state.epoch_rng = payload["rng"] if within else None
     if rank > 0:  # the checkpoint holds rank 0's streams; the others draw their own
         torch.manual_seed(config.seed + rank + 1000 * state.epoch)
-    logger.info("resumed from %s: epoch %d, iteration %d", config.resume, state.epoch, state.iteration)
+    if state.scheduler.total_iters != max_iterations:
+        state.scheduler.total_iters = max_iterations
+        for group in state.optimizer.param_groups:
+            group["lr"] = poly_lr(group["initial_lr"], state.iteration, max_iterations)
+        logger.warning("the run now has %d iterations in all (the checkpoint planned %d): the poly schedule continues "
+                       "as if planned so from the start, at lr %.3e", max_iterations, payload["scheduler"]["total_iters"],
+                       state.optimizer.param_groups[0]["lr"])
+    where = f"inside epoch {state.epoch} after {state.batches_done} batches" if within else f"at epoch {state.epoch}"
+    logger.info("resumed run %s from %s %s, iteration %d", state.run_id, path, where, state.iteration)
 
 
 def check_finite(losses: StepLosses, epoch: int, iteration: int, output_dir: Path) -> None:
@@ -390,18 +469,26 @@ def check_finite(losses: StepLosses, epoch: int, iteration: int, output_dir: Pat
         )
 
 
-def train_one_epoch(state: TrainState, loader: DataLoader, criterion: CEDiceLoss, config: RunConfig,
-                    device: torch.device, max_iterations: int, writer: SummaryWriter | None) -> tuple[StepLosses, dict]:
-    """One pass over the loader, one optimisation step per ``accumulation_steps`` batches.
+def train_one_epoch(state: TrainState, loader: DataLoader, criterion: CEDiceLoss, config: RunConfig, device: torch.device,
+                    max_iterations: int, writer: SummaryWriter | None, stop: StopSignal) -> tuple[StepLosses | None, dict, bool]:
+    """One pass over the loader from batch ``state.batches_done``, one optimisation step per
+    ``accumulation_steps`` batches.
 
     Losses stay on the device; every ``LOG_EVERY`` steps (and at the end) their mean since the
     last read is checked for finiteness and logged, so the GPU is not waited on every step.
-    Returns the last mean losses and the last batch with its logits (for the picture).
+    A stop signal ends the epoch at the next step boundary.
+
+    Returns:
+        The last mean losses (None if no step ran), the last batch with its images on the device
+        (for the picture), and whether the epoch ran to its end.
     """
     output_dir = Path(config.output_dir)
+    skip = state.batches_done  # batches an interrupted run already used: drawn again, not trained on
     bar = tqdm(loader, desc=f"epoch {state.epoch}", disable=writer is None, leave=False)
-    micro_batches, running, steps, last_batch = [], None, 0, {}
-    for batch in bar:
+    micro_batches, running, steps, last_batch, mean = [], None, 0, {}, None
+    for index, batch in enumerate(bar):
+        if index < skip:
+            continue
         micro_batches.append((batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)))
         if len(micro_batches) < config.accumulation_steps:
             continue
@@ -409,20 +496,24 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: CEDiceLoss
         last_batch = {"image": batch["image"], "label": batch["label"], "images": micro_batches[-1][0]}
         micro_batches = []
         state.iteration += 1
-        running = losses if running is None else StepLosses(*(a + b for a, b in zip(
-            (running.loss, running.ce, running.dice), (losses.loss, losses.ce, losses.dice))))
+        state.batches_done = index + 1
+        running = losses if running is None else StepLosses(running.loss + losses.loss, running.ce + losses.ce,
+                                                            running.dice + losses.dice)
         steps += 1
         done = state.iteration >= max_iterations
-        if steps == LOG_EVERY or done:
+        stopping = not done and stop.requested(device)
+        if steps == LOG_EVERY or done or stopping:
             mean = StepLosses(running.loss / steps, running.ce / steps, running.dice / steps)
             _log_losses(state, mean, writer, bar, output_dir)
             running, steps = None, 0
+        if stopping:
+            return mean, last_batch, False
         if done:
             break
     if steps:
         mean = StepLosses(running.loss / steps, running.ce / steps, running.dice / steps)
         _log_losses(state, mean, writer, bar, output_dir)
-    return mean, last_batch
+    return mean, last_batch, True
 
 
 def _log_losses(state: TrainState, mean: StepLosses, writer: SummaryWriter | None, bar: tqdm, output_dir: Path) -> None:
@@ -437,11 +528,26 @@ def _log_losses(state: TrainState, mean: StepLosses, writer: SummaryWriter | Non
     bar.set_postfix(loss=f"{mean.loss.item():.4f}", lr=f"{lr:.2e}")
 
 
+def case_names(cases: Any) -> list[str]:
+    return list(cases.names) if hasattr(cases, "names") else [case["case_name"] for case in cases]
+
+
 def evaluate(evaluator: Evaluator, model: torch.nn.Module, cases: Any, eval_kind: str, state: TrainState,
-             config: RunConfig, writer: SummaryWriter) -> EvalResult:
-    """The periodic evaluation: the engine test.py uses, its result logged, written to
-    eval/epoch_{N}/ and added to TensorBoard."""
-    result = evaluator.evaluate(unwrap(model), cases)
+             config: RunConfig, writer: SummaryWriter | None) -> EvalResult | None:
+    """The periodic evaluation with the engine test.py uses. Under torchrun every process
+    evaluates its share of the cases and rank 0 gathers the scores, so no process idles in a
+    collective while another evaluates. Rank 0 logs the result, writes it to eval/epoch_{N}/ and
+    adds it to TensorBoard; the others return None."""
+    if not dist.is_initialized():
+        result = evaluator.evaluate(unwrap(model), cases)
+    else:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        share = (cases[index] for index in range(rank, len(cases), world))
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, evaluator.evaluate(unwrap(model), share))
+        if rank > 0:
+            return None
+        result = type(parts[0]).merge(parts, case_names(cases))
     result.log(f"{eval_kind} evaluation after epoch {state.epoch}")
     result.write(Path(config.output_dir) / EVAL_FOLDER / f"epoch_{state.epoch}")
     result.add_to(writer, eval_kind, state.iteration)
@@ -451,16 +557,50 @@ def evaluate(evaluator: Evaluator, model: torch.nn.Module, cases: Any, eval_kind
     return result
 
 
-def train(config: RunConfig, notes: list[str]) -> None:
-    device, rank, world_size = setup_device(config.device)
+def validate_cases(cases: Any, what: str) -> None:
+    """Read every evaluation case once before the first iteration: a corrupt volume, a missing
+    mask or a label outside the classes stops the run now, not hours into it."""
+    for _ in tqdm(cases, desc=f"checking the {what} cases", leave=False):
+        pass
+
+
+def resume_path(config: RunConfig) -> Path | None:
+    """The checkpoint to continue from: --resume PATH, or with --resume auto OUTPUT_DIR/last.pth
+    if a run left one."""
+    if config.resume is None:
+        return None
+    if config.resume == AUTO:
+        last = Path(config.output_dir) / LAST
+        return last if last.is_file() else None
+    return Path(config.resume)
+
+
+def train(config: RunConfig, notes: list[str]) -> int:
+    """Run the training; returns the exit status (0, or 128 + the signal that stopped it)."""
+    device, rank, world_size = setup_device(config.device, config.dist_timeout)
     main_process = rank == 0
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(output_dir / "log.txt", enabled=main_process)
+    checkpoint = resume_path(config)
+    with contextlib.ExitStack() as stack:
+        if main_process:
+            stack.enter_context(RunLock(output_dir))
+            prepare_folder(output_dir, resuming=checkpoint is not None, overwrite=config.overwrite)
+        if world_size > 1:
+            dist.barrier()  # the folder is checked (and cleared) before anyone writes into it
+        setup_logging(output_dir / "log.txt", enabled=main_process)
+        stop = stack.enter_context(StopSignal())
+        return run_training(config, notes, device, rank, world_size, checkpoint, stop)
+
+
+def run_training(config: RunConfig, notes: list[str], device: torch.device, rank: int, world_size: int,
+                 checkpoint: Path | None, stop: StopSignal) -> int:
+    main_process = rank == 0
+    output_dir = Path(config.output_dir)
     for note in notes:
         logger.info(note)
-    if main_process:
-        (output_dir / "args.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+    if config.resume == AUTO:
+        logger.info("--resume auto: %s", f"continuing from {checkpoint}" if checkpoint else "no last.pth yet, starting fresh")
     logger.info("device %s, %d process(es), network %s, output %s", device, world_size, config.module, output_dir)
 
     seed_everything(config.seed)
@@ -474,6 +614,7 @@ def train(config: RunConfig, notes: list[str]) -> None:
                 ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items()), sum(p.numel() for p in model.parameters()) / 1e6)
 
     train_set, eval_cases, eval_kind = make_datasets(config, rank)
+    validate_cases(eval_cases, eval_kind)
     # Each rank draws different augmentations; DistributedSampler shuffles from --seed alone.
     torch.manual_seed(config.seed + rank)
     sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if world_size > 1 else None
@@ -499,9 +640,12 @@ def train(config: RunConfig, notes: list[str]) -> None:
 
     optimizer = build_optimizer(model, config.lr)
     state = TrainState(model, optimizer, build_scheduler(optimizer, max_iterations),
-                       torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"))
-    if config.resume:
-        resume(state, config, rank)
+                       torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"), run_id=new_run_id())
+    if checkpoint is not None:
+        resume(state, checkpoint, config, rank, max_iterations)
+    if main_process:
+        (output_dir / "args.json").write_text(json.dumps({"run_id": state.run_id, **config.to_json()}, indent=2) + "\n")
+    logger.info("run %s", state.run_id)
     if world_size > 1:
         state.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
@@ -511,43 +655,72 @@ def train(config: RunConfig, notes: list[str]) -> None:
                                  device, config.amp, workers=config.eval_workers)
     evaluator = build_evaluator(dataset_info(config.dataset), config.num_classes, list(config.class_names), eval_settings)
     writer = SummaryWriter(str(output_dir / "tensorboard")) if main_process else None
+    try:
+        return epochs(state, config, loader, sampler, criterion, evaluator, eval_cases, eval_kind, device, writer,
+                      max_iterations, last_epoch, stop)
+    finally:
+        if writer is not None:
+            writer.close()
 
+
+def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: DistributedSampler | None,
+           criterion: CEDiceLoss, evaluator: Evaluator, eval_cases: Any, eval_kind: str, device: torch.device,
+           writer: SummaryWriter | None, max_iterations: int, last_epoch: int, stop: StopSignal) -> int:
+    """The epochs from ``state.epoch`` to ``last_epoch``: train, checkpoint, evaluate when due."""
+    main_process = writer is not None
+    output_dir = Path(config.output_dir)
     state.model.train()
     for epoch in range(state.epoch, last_epoch + 1):
         state.epoch = epoch
+        if state.batches_done == 0 or state.epoch_rng is None:
+            state.epoch_rng = rng_state()
         if sampler is not None:
             sampler.set_epoch(epoch)
-        losses, batch = train_one_epoch(state, loader, criterion, config, device, max_iterations, writer)
-        logger.info("epoch %d: iteration %d, loss %.4f (ce %.4f, dice %.4f), lr %.3e", epoch, state.iteration,
-                    losses.loss.item(), losses.ce.item(), losses.dice.item(), state.optimizer.param_groups[0]["lr"])
-        if writer is not None:
+        losses, batch, finished = train_one_epoch(state, loader, criterion, config, device, max_iterations, writer, stop)
+        if not finished:
+            if main_process:
+                save_checkpoint(output_dir / LAST, state.payload(config, finished_epoch=False))
+            logger.warning("stopped by %s inside epoch %d after iteration %d; %s holds the position: rerun the same "
+                           "command with --resume auto (or --resume %s) to continue", stop.name, epoch, state.iteration,
+                           output_dir / LAST, output_dir / LAST)
+            return stop.exit_code
+        state.batches_done = 0
+        if losses is not None:
+            logger.info("epoch %d: iteration %d, loss %.4f (ce %.4f, dice %.4f), lr %.3e", epoch, state.iteration,
+                        losses.loss.item(), losses.ce.item(), losses.dice.item(), state.optimizer.param_groups[0]["lr"])
+        if writer is not None and batch:
+            network = unwrap(state.model)
             with torch.no_grad():
-                logits = unwrap(state.model)(batch["images"][:1])
+                logits = network.eval()(batch["images"][:1])  # eval: a picture must not move BatchNorm statistics
+            network.train()
             example = batch["image"][0].float().mean(0).numpy() * 0.5 + 0.5
             writer.add_image("train/image_truth_prediction",
                              panel(example, logits[0].argmax(0).cpu().numpy(), batch["label"][0].numpy(), config.num_classes),
                              state.iteration)
-
+        # last.pth first: an evaluation cut short (a kill, a crash) does not lose the epoch.
+        payload = state.payload(config) if main_process else None
         if main_process:
-            # last.pth first: an evaluation cut short (a kill, a crash) does not lose the epoch.
-            payload = state.payload(config)
             save_checkpoint(output_dir / LAST, payload)
-        if main_process and evaluation_due(epoch, config, last_epoch, eval_kind):
-            # Rank 0 evaluates alone, so it must not go through DDP's collective forward.
+        if evaluation_due(epoch, config, last_epoch, eval_kind):
             result = evaluate(evaluator, state.model, eval_cases, eval_kind, state, config, writer)
-            if eval_kind == "validation" and result.headline > state.best_dice:
+            if main_process and eval_kind == "validation" and result.headline > state.best_dice:
                 state.best_dice = payload["best_dice"] = float(result.headline)
                 save_checkpoint(output_dir / BEST, payload)
                 save_checkpoint(output_dir / LAST, payload)
                 logger.info("new best validation mean Dice %.4f: saved %s", state.best_dice, output_dir / BEST)
-            save_checkpoint(output_dir / epoch_checkpoint_name(config.model_name, epoch), payload)
-        if world_size > 1:
+            if main_process:
+                save_checkpoint(output_dir / epoch_checkpoint_name(config.model_name, epoch), payload)
+        if dist.is_initialized():
             dist.barrier()
-    if world_size > 1:
+        if stop.requested(device) and epoch < last_epoch:
+            logger.warning("stopped by %s after epoch %d; rerun the same command with --resume auto to continue",
+                           stop.name, epoch)
+            return stop.exit_code
+    if dist.is_initialized():
         report_replica_agreement(state.model)
-    if writer is not None:
-        writer.close()
-    logger.info("training finished after %d iterations; checkpoints in %s", state.iteration, output_dir)
+    logger.info("training of run %s finished after %d iterations; checkpoints in %s", state.run_id, state.iteration,
+                output_dir)
+    return 0
 
 
 def report_replica_agreement(model: torch.nn.Module) -> None:

@@ -66,7 +66,7 @@ def test_resume_from_an_epoch_checkpoint_equals_the_uninterrupted_run(phantom, t
     result = run_script(*tiny_train_args(phantom, tmp_path, "--max_epochs", "2", "--resume",
                                          str(trained_run / "UNet_epoch_0.pth")))
     assert result.returncode == 0, result.stderr
-    assert "resumed from" in (tmp_path / "log.txt").read_text()
+    assert "from " + str(trained_run / "UNet_epoch_0.pth") + " at epoch 1" in (tmp_path / "log.txt").read_text()
     assert_same_weights(tmp_path / "last.pth", trained_run / "last.pth")
 
 

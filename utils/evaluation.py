@@ -217,6 +217,16 @@ class VolumeResult:
                       for case, s in zip(self.cases, self.scores)],
         }
 
+    @classmethod
+    def merge(cls, parts: list[VolumeResult], order: list[str]) -> VolumeResult:
+        """One result from the parts that several processes evaluated, cases in ``order``; the
+        example is the first part's."""
+        names = [name for part in parts for name in part.cases]
+        rows = dict(zip(names, np.concatenate([part.scores for part in parts])))
+        first = parts[0]
+        return cls(first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention,
+                   first.unit, first.example)
+
     def write(self, folder: str | Path) -> Path:
         """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
         folder = Path(folder)
@@ -348,6 +358,13 @@ class ImageResult:
             "cases": [{"case": case, **{metric: values[:, k].tolist() for k, metric in enumerate(METRIC_NAMES)}}
                       for case, values in zip(self.cases, self.per_image)],
         }
+
+    @classmethod
+    def merge(cls, parts: list[ImageResult], order: list[str]) -> ImageResult:
+        """One result from the parts that several processes evaluated, images in ``order``."""
+        names = [name for part in parts for name in part.cases]
+        rows = dict(zip(names, np.concatenate([part.counts for part in parts])))
+        return cls(parts[0].class_names, list(order), np.stack([rows[name] for name in order]), parts[0].example)
 
     def write(self, folder: str | Path) -> Path:
         folder = Path(folder)
