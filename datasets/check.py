@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datasets.catalog import IMAGES, DatasetInfo, dataset_info
-from datasets.common import DataError
+from datasets.common import TEST, VAL, DataError
 from datasets.isic import MASK_THRESHOLD, image_path, mask_path, read_pair
 from datasets.lists import (
     STANDARD_TEST_CASES,
@@ -223,7 +223,8 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
             report.facts.append("train: the 18 cases and 2211 slices of the standard split")
 
 
-def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: int, ranges: _Ranges) -> None:
+def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: int, ranges: _Ranges,
+                  role: str = "test") -> None:
     """Check the volumes ``test_dir/NAME.npy.h5`` named by ``list_file``, spacing included."""
     names = _list(report, list_file)
     if not names:
@@ -249,9 +250,9 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
         spacings[path] = item["spacing"]
         depths.append(item["image"].shape[0] if item["image"].ndim else 0)
         _array_checks(report, path, item["image"], item["label"], 3, num_classes, ranges, name)
-    report.facts.append(f"{list_file.stem}: {len(names)} volumes listed in {list_file}"
+    report.facts.append(f"{role}: {len(names)} volumes listed in {list_file}"
                         + (f", {min(depths)}-{max(depths)} slices each" if depths else ""))
-    if list_file.stem == "test_vol" and set(names) == set(STANDARD_TEST_CASES):
+    if role == "test" and set(names) == set(STANDARD_TEST_CASES):
         report.facts.append("test: the 12 cases of the standard split")
     _check_spacing(report, spacings)
 
@@ -296,7 +297,7 @@ def check_images(report: Report, root: Path, list_files: Sequence[Path], num_cla
             if num_classes == 2 and not label.any():
                 _check_binary_mask(report, mask_path(root, name))
         if names:
-            report.facts.append(f"{list_file.stem}: {len(names)} images listed in {list_file}")
+            report.facts.append(f"{list_file.stem}: {len(names)} images listed in {list_file}")  # train, val, test
     if ids:
         report.facts.append(f"masks: class ids {sorted(ids)} present; image sizes "
                             f"{min(sizes)[1]}x{min(sizes)[0]} to {max(sizes)[1]}x{max(sizes)[0]}")
@@ -337,8 +338,9 @@ def check_dataset(info: DatasetInfo, root: Path, list_dir: Path, num_classes: in
         return report
     ranges = _Ranges()
     check_slices(report, root / TRAIN_DIR, list_dir / info.train_list, num_classes, ranges)
-    for name in list_names[1:]:
-        check_volumes(report, root / TEST_DIR, list_dir / name, num_classes, ranges)
+    for role, name in ((VAL, info.val_list), (TEST, info.test_list)):
+        if name:
+            check_volumes(report, root / TEST_DIR, list_dir / name, num_classes, ranges, role)
     if ranges.image:
         report.facts.append(f"images: values in {_span(ranges.image)}; training slices store images as "
                             f"{', '.join(sorted(ranges.image_dtypes))}, labels as {', '.join(sorted(ranges.label_dtypes))}")
