@@ -107,6 +107,10 @@ class Report:
         return out
 
 
+def _range(values: Sequence[float]) -> str:
+    return f"{min(values):g}" if min(values) == max(values) else f"{min(values):g}-{max(values):g}"
+
+
 def _span(values: list[tuple[float, float]]) -> str:
     return f"[{min(v[0] for v in values):g}, {max(v[1] for v in values):g}]"
 
@@ -251,7 +255,7 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
         depths.append(item["image"].shape[0] if item["image"].ndim else 0)
         _array_checks(report, path, item["image"], item["label"], 3, num_classes, ranges, name)
     report.facts.append(f"{role}: {len(names)} volumes listed in {list_file}"
-                        + (f", {min(depths)}-{max(depths)} slices each" if depths else ""))
+                        + (f", {_range(depths)} slices each" if depths else ""))
     if role == "test" and set(names) == set(STANDARD_TEST_CASES):
         report.facts.append("test: the 12 cases of the standard split")
     _check_spacing(report, spacings)
@@ -273,8 +277,8 @@ def _check_spacing(report: Report, spacings: dict[Path, tuple[float, float, floa
             report.add("spacing", path, f"spacing {spacing} mm (z, y, x) is implausible, expected "
                        f"{SPACING_MM[0]}-{SPACING_MM[1]} mm", "re-convert the case; spacing is stored in mm")
     values = np.array(list(present.values()))
-    report.facts.append(f"spacing: z {values[:, 0].min():.3g}-{values[:, 0].max():.3g} mm, in-plane "
-                        f"{values[:, 1:].min():.3g}-{values[:, 1:].max():.3g} mm ({len(present)} volumes)")
+    z, plane = [float(f"{v:.3g}") for v in values[:, 0]], [float(f"{v:.3g}") for v in values[:, 1:].ravel()]
+    report.facts.append(f"spacing: z {_range(z)} mm, in-plane {_range(plane)} mm ({len(present)} volumes)")
 
 
 def check_images(report: Report, root: Path, list_files: Sequence[Path], num_classes: int) -> None:

@@ -8,10 +8,12 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from datasets.catalog import dataset_info
 from datasets.check import check_dataset, main
 from datasets.lists import STANDARD_TRAIN_SLICE_COUNTS, slice_name, write_list
+from datasets.synthetic.isic import generate_dataset as generate_isic
 from tests.conftest import run_script
 
 
@@ -140,3 +142,21 @@ def test_bad_flags_exit_2_and_the_cli_runs_as_a_module(phantom, tmp_path):
     result = run_script("-m", "datasets.check", "--root", str(phantom["out_dir"]), "--list_dir",
                         str(phantom["out_dir"] / "lists"))
     assert result.returncode == 0 and result.stdout.endswith("clean: no problems found\n")
+
+
+def test_2d_images_a_0_1_mask_and_a_missing_image(tmp_path, capsys):
+    data = tmp_path / "isic"
+    generate_isic(data, seed=2, size=40, train_images=4, val_images=2, test_images=2)
+    args = ["--root", str(data), "--dataset", "ISIC2018", "--list_dir", str(data / "lists")]
+    assert main(args) == 0 and "masks: class ids [0, 1] present; image sizes 40x30 to 40x30" in capsys.readouterr().out
+    mask = data / "masks" / "ISIC_0000001_segmentation.png"
+    Image.fromarray((np.asarray(Image.open(mask)) > 0).astype(np.uint8)).save(mask)
+    (data / "images" / "ISIC_0000002.jpg").unlink()
+    assert main(args) == 1
+    found = problems(capsys.readouterr().out.splitlines())
+    assert found == [
+        f"PROBLEM {mask}: mask values reach only 1, below the 2-class threshold 128: it reads as all background; "
+        "store the lesion as 255 (0 / 255 masks), or convert with python -m datasets.prepare.images",
+        f"PROBLEM {data / 'images' / 'ISIC_0000002.jpg'} does not exist; check --root_path / --test_path and the "
+        "list file",
+    ]
