@@ -2,7 +2,8 @@
 anywhere else.
 
 ``--dataset`` is a name of the table (``Synapse``, ``ACDC``, ``ISIC2018``) or the path of a
-``dataset.json`` that ``python -m datasets.prepare.nifti`` writes next to a user's converted
+``dataset.json`` that ``python -m datasets.prepare.nifti`` (volumes) or ``python -m
+datasets.prepare.images`` (2D images, ``"kind": "images"``) writes next to a user's converted
 data; its entry is built from that file, with the data folders beside it.
 """
 
@@ -19,6 +20,8 @@ IMAGES = "images"  # 2D images (.jpg) with masks (_segmentation.png); pooled pix
 KINDS = (VOLUMES, IMAGES)
 VOLUME_METRICS = ("dice", "hd95")
 SKIN_METRICS = ("dice", "iou", "sensitivity", "specificity", "accuracy")
+# The 2D image reader gives the network RGB (a grey image repeated), as ISIC's entry says.
+IMAGE_CHANNELS = 3
 DATASET_JSON = "dataset.json"
 JSON_SUFFIX = ".json"
 
@@ -91,7 +94,7 @@ DATASETS: dict[str, DatasetInfo] = {
         root_path="./data/ISIC2018",
         test_path="./data/ISIC2018",
         kind=IMAGES,
-        in_chans=3,
+        in_chans=IMAGE_CHANNELS,
         test_list="test.txt",
         val_list="val.txt",
     ),
@@ -99,16 +102,18 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def _json_error(path: Path, problem: str) -> ValueError:
-    return ValueError(f"--dataset {path}: {problem}; write it with python -m datasets.prepare.nifti "
-                      '(it holds e.g. {"class_names": ["liver", "tumour"]})')
+    return ValueError(f"--dataset {path}: {problem}; write it with python -m datasets.prepare.nifti or "
+                      'datasets.prepare.images (it holds e.g. {"class_names": ["liver", "tumour"]})')
 
 
 def load_dataset_json(path: str | Path) -> DatasetInfo:
     """The entry of a user's data set from its ``dataset.json``.
 
     The file holds ``class_names`` (names of classes 1..K, background excluded) and optionally
-    ``intensity_clip`` ([low, high] or null). The data lie beside it: ``train_npz/``,
-    ``test_vol_h5/`` and ``lists/``.
+    ``kind``: ``"volumes"`` (the default) or ``"images"``. Volumes may give ``intensity_clip``
+    ([low, high] or null); their data lie beside the file in ``train_npz/``, ``test_vol_h5/`` and
+    ``lists/``. Images may give ``channels`` (3, what the reader gives); their data lie beside it
+    in ``images/``, ``masks/`` and ``lists/`` (train.txt, val.txt, test.txt).
 
     Raises:
         ValueError: the file is missing, not JSON, or its fields are malformed (one line).
@@ -128,6 +133,27 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
                              or not all(isinstance(v, (int, float)) for v in clip) or clip[0] >= clip[1]):
         raise _json_error(path, f"'intensity_clip' must be null or [low, high] with low < high, got {clip!r}")
     folder = path.parent
+    kind = content.get("kind", VOLUMES)
+    if kind not in KINDS:
+        raise _json_error(path, f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == IMAGES:
+        channels = content.get("channels", IMAGE_CHANNELS)
+        if channels != IMAGE_CHANNELS:
+            raise _json_error(path, f"'channels' of 2D images must be {IMAGE_CHANNELS} (the reader gives RGB, a grey "
+                                    f"image repeated), got {channels!r}")
+        isic = DATASETS["ISIC2018"]
+        return DatasetInfo(
+            num_classes=len(names) + 1,
+            class_names=tuple(names),
+            list_dir=str(folder / "lists"),
+            root_path=str(folder),
+            test_path=str(folder),
+            kind=IMAGES,
+            in_chans=IMAGE_CHANNELS,
+            train_list=isic.train_list,
+            test_list=isic.test_list,
+            val_list=isic.val_list,
+        )
     return DatasetInfo(
         num_classes=len(names) + 1,
         class_names=tuple(names),

@@ -2,7 +2,8 @@
 
 Layout::
 
-    DATA/images/NAME.jpg                 RGB dermoscopy image, any size
+    DATA/images/NAME.jpg                 RGB dermoscopy image, any size (or NAME.png, lossless:
+                                         what datasets.prepare.images writes)
     DATA/masks/NAME_segmentation.png     mask of the same size: 0 background, 255 lesion
     LIST_DIR/train.txt, val.txt, test.txt    image names (NAME), one per line
 
@@ -36,6 +37,8 @@ from datasets.lists import read_list, split_role, write_list
 IMAGE_DIR = "images"
 MASK_DIR = "masks"
 IMAGE_SUFFIX = ".jpg"
+# Looked for in this order; PNG keeps converted medical images lossless.
+IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".png")
 MASK_SUFFIX = "_segmentation.png"
 MASK_THRESHOLD = 128
 RGB_MAX = 255.0
@@ -44,7 +47,9 @@ LIST_NAMES = {TRAIN: ISIC.train_list, VAL: ISIC.val_list, TEST: ISIC.test_list}
 
 
 def image_path(root: str | Path, name: str) -> Path:
-    return Path(root) / IMAGE_DIR / (name + IMAGE_SUFFIX)
+    """``root/images/NAME.jpg``, or ``NAME.png`` when only that exists."""
+    candidates = [Path(root) / IMAGE_DIR / (name + suffix) for suffix in IMAGE_SUFFIXES]
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def mask_path(root: str | Path, name: str) -> Path:
@@ -188,7 +193,8 @@ def write_isic_lists(root: str | Path, list_dir: str | Path) -> dict[str, list[s
         DataError: no image with a mask in ``root``.
     """
     folder = Path(root) / IMAGE_DIR
-    names = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in folder.glob("*" + IMAGE_SUFFIX)) if folder.is_dir() else []
+    found = {p.name[: -len(s)] for s in IMAGE_SUFFIXES for p in folder.glob("*" + s)} if folder.is_dir() else set()
+    names = sorted(found)
     names = [name for name in names if mask_path(root, name).is_file()]
     if not names:
         raise DataError(f"{folder} holds no NAME{IMAGE_SUFFIX} with a {MASK_DIR}/NAME{MASK_SUFFIX}; check --root")
