@@ -42,6 +42,7 @@ from utils.loader import load_network_class, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
 from utils.predictor import DEFAULT_MODULE, Predictor
+from utils.runs import ARGS_FILE, latest_run_id
 from utils.scans import find_nifti, save_nifti, segment_scan
 from utils.visualize import montage
 
@@ -110,8 +111,30 @@ def load(args: argparse.Namespace) -> Predictor:
     else:
         model_name = args.model_name or (args.module.rpartition(".")[2] if args.module else None)
         path = find_checkpoint(args.output_dir, model_name, args.max_epochs)
-    return Predictor.from_checkpoint(path, args.module, parse_model_kwargs(args.model_kwargs), args.dataset,
-                                     args.num_classes, args.img_size, args.device, args.amp, args.batch_size)
+    predictor = Predictor.from_checkpoint(path, args.module, parse_model_kwargs(args.model_kwargs), args.dataset,
+                                          args.num_classes, args.img_size, args.device, args.amp, args.batch_size)
+    if not args.ckpt:
+        check_same_run(predictor, Path(args.output_dir))
+    if predictor.run_id:
+        logger.info("evaluating %s of run %s", path, predictor.run_id)
+    return predictor
+
+
+def check_same_run(predictor: Predictor, output_dir: Path) -> None:
+    """Refuse a checkpoint found in --output_dir that a run other than the folder's latest wrote
+    (an older run's best.pth, say, left behind when a new run started there)."""
+    latest = latest_run_id(output_dir)
+    path = predictor.checkpoint
+    if latest is None:
+        return
+    if predictor.run_id is None:
+        if path.stat().st_mtime < (output_dir / ARGS_FILE).stat().st_mtime:
+            raise UserError(f"{path} is older than the latest run {latest} in {output_dir} and names no run; "
+                            "pass --ckpt to evaluate it anyway")
+        return
+    if predictor.run_id != latest:
+        raise UserError(f"{path} was written by run {predictor.run_id}, but the latest run in {output_dir} is {latest}; "
+                        "pass --ckpt to evaluate it anyway, or evaluate the latest run's checkpoints")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -51,6 +51,7 @@ class Predictor:
         checkpoint: the file it came from.
         model_kwargs: its constructor arguments.
         train_args: the run settings stored in a train.py checkpoint (empty for a plain state dict).
+        run_id: the id of the training run that wrote the checkpoint (None for a plain state dict).
         info: the data-set entry (classes, kind of data, intensity window).
         num_classes, img_size: as the network was trained.
         device, amp, batch_size: how it runs.
@@ -66,6 +67,7 @@ class Predictor:
     device: torch.device
     amp: str = "off"
     batch_size: int = 1
+    run_id: str | None = None
 
     @classmethod
     def from_checkpoint(
@@ -122,6 +124,7 @@ class Predictor:
             device=run_device,
             amp=amp,
             batch_size=batch_size or default_batch_size(run_device),
+            run_id=payload.get("run_id") if is_self_describing(payload) else None,
         )
 
     @property
