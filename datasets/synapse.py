@@ -9,8 +9,10 @@ Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare
 Images hold CT intensities normalised to [0, 1]; labels hold class ids (stored as float32 in
 the common copies; any dtype with whole-number values is accepted and returned as int64).
 
-``preprocess_slice`` is the one place where a slice is resized and normalised for the network;
-training (``SynapseSlices``) and slice-wise inference both call it, so both see the same input.
+``preprocess_slice`` / ``resize_label`` are the reference: one slice, scipy ``zoom``, as the
+published protocol. ``preprocess_batch`` / ``resize_labels`` do the same to a whole batch of
+slices with torch on any device (``datasets.resize``), equal to the reference to float32
+rounding for images and exactly for labels; the evaluation calls these.
 
 Every malformed input raises ``DataError`` with a one-line message naming the file.
 """
@@ -39,6 +41,7 @@ from datasets.common import (
     DataError,
 )
 from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name, read_list
+from datasets.resize import zoom_images, zoom_labels
 
 DEFAULT_IMG_SIZE = (224, 224)
 IMAGE_ZOOM_ORDER = 3  # cubic spline for intensities (the protocol's scipy zoom order 3)
@@ -88,6 +91,47 @@ def resize_label(label: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
         int64 (S_h, S_w).
     """
     return _resize(np.asarray(label, dtype=np.int64), img_size, LABEL_ZOOM_ORDER)
+
+
+def preprocess_batch(images: torch.Tensor, img_size: Sequence[int]) -> torch.Tensor:
+    """``preprocess_slice`` for a batch of slices, in torch on the batch's device.
+
+    Args:
+        images: (B, H, W) intensities in [0, 1], any floating dtype, any device.
+        img_size: (S_h, S_w) network input size.
+
+    Returns:
+        float32 (B, 1, S_h, S_w) on the device of ``images``: each slice equal to
+        ``preprocess_slice(images[b], img_size)`` to within a float32 rounding or two (the
+        zoom is computed in float64, as scipy does; see ``datasets.resize``).
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 3:
+        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise ValueError(f"images must be a tensor (B, H, W), got {shape}")
+    size = _check_img_size(img_size)
+    resized = zoom_images(images.float(), size)
+    return ((resized - IMAGE_MEAN) / IMAGE_STD).unsqueeze(1)
+
+
+def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``resize_label`` for a batch of label maps, in torch on the batch's device.
+
+    Typically brings the network's (B, S_h, S_w) argmax back to the volume's (H, W).
+
+    Args:
+        labels: (B, h, w) integer class ids, any device.
+        size: (H, W) output size.
+
+    Returns:
+        int64 (B, H, W) on the device of ``labels``, element for element equal to
+        ``resize_label(labels[b], size)``.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 3:
+        shape = tuple(labels.shape) if hasattr(labels, "shape") else type(labels).__name__
+        raise ValueError(f"labels must be a tensor (B, h, w), got {shape}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
+    return zoom_labels(labels.long(), _check_img_size(size))
 
 
 def _check_existing(paths: Sequence[Path], list_file: Path) -> None:
