@@ -324,8 +324,8 @@ class SynapseSlices(Dataset):
         if self.check:
             check_arrays(path, image, label, ndim=2, num_classes=self.num_classes)
         image = image.astype(np.float32, copy=False)
-        label = label.astype(np.int64)
         if self.augment_first:
+            label = label.astype(np.int64)
             if self.augment is not None:
                 image, label = self.augment(image, label)
             image = preprocess_slice(image, self.img_size)
@@ -334,7 +334,10 @@ class SynapseSlices(Dataset):
             augment = self._augmentation_after_resize(image.shape)
             image = zoom_images(torch.from_numpy(image)[None], self.img_size,
                                 TRAINING_ZOOM_PRODUCTS)[0].numpy()
+            # Gather in the stored dtype (whole numbers, checked above), convert the small
+            # result: converting the stored 512x512 label to int64 first costs more.
             label = zoom_labels(torch.from_numpy(label)[None], self.img_size)[0].numpy()
+            label = label.astype(np.int64)
             if augment is not None:
                 image, label = augment(image, label)
             image = ((image - IMAGE_MEAN) / IMAGE_STD).astype(np.float32, copy=False)
