@@ -31,6 +31,25 @@ multiplies by alpha. Change ``NOISE_STD`` / ``CONTRAST_CENTRE`` to depart from t
 along a random axis; otherwise, with p=0.5, a rotation by a whole number of degrees within
 +-20 (image spline order 3, label order 0).
 
+Augmenting after the resize. ``datasets.synapse.SynapseSlices`` resizes a slice to the network
+size first and augments it there, which costs a fifth of augmenting a 512x512 slice and then
+resizing it (the published order; ``augment_first=True`` keeps it). Geometric operations,
+flips, contrast and the TransUNet recipe are defined in fractions of the slice, so their
+distribution does not depend on the order; the two operations defined in pixels are rescaled by
+``build_augmentation(name, stored_size, img_size)`` so that they do what they did on the stored
+slice:
+
+- blur: sigma scaled by the resize factor (geometric mean of the two axes), 1.0 -> 0.4375 for
+  512 -> 224, so it blurs the same width of anatomy; kernel still covering +-3 sigma (7 -> 5).
+- noise: standard deviation multiplied by the RMS gain that the protocol's order-3 zoom has on
+  white noise (``noise_gain``), 0.870 for 512 -> 224 (1.275 -> 1.110), so each network pixel
+  sees the same noise power. The noise is white at 224, where the published order leaves it
+  slightly correlated between neighbouring pixels by the interpolation.
+- labels are resized (nearest) before the geometric operations move them (nearest again), so a
+  structure thinner than a 224 pixel can vanish before rather than after the warp; both orders
+  resample labels twice with nearest neighbour.
+- translation is rounded to whole 224 pixels rather than whole 512 pixels.
+
 Randomness: every random number comes from torch's global generator (``torch.rand``,
 ``torch.randint``, ``torch.randperm``), never numpy's or Python's. DataLoader workers are seeded
 differently by torch every epoch, so they draw different augmentations, and one torch seed
@@ -49,6 +68,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from datasets.resize import spline_zoom_matrix
+
 AUGMENTATIONS = ("daeformer", "transunet", "none")
 
 Augmentation = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -59,6 +80,7 @@ FLIP_P = 0.5  # imgaug Flipud(0.5) / Fliplr(0.5): a chosen flip still flips only
 NOISE_STD = 0.005 * 255  # reference value, added as is to [0, 1] images (see module docstring)
 BLUR_SIGMA = 1.0
 BLUR_KERNEL = 7  # odd size covering +-3 sigma
+BLUR_KERNEL_SIGMAS = 3  # the kernel reaches this many sigmas either side of its centre
 CONTRAST_RANGE = (0.5, 1.5)
 CONTRAST_CENTRE = 0.0  # imgaug's centre for float images (see module docstring)
 SCALE_RANGE = (0.5, 2.0)  # drawn independently for x and y
@@ -192,13 +214,18 @@ class SomeOf(v2.Transform):
         return outputs
 
 
-def daeformer_transforms() -> list[v2.Transform]:
-    """The ten operations of the DAE-Former recipe, in the reference's listing order."""
+def daeformer_transforms(blur_sigma: float = BLUR_SIGMA, blur_kernel: int = BLUR_KERNEL,
+                         noise_std: float = NOISE_STD) -> list[v2.Transform]:
+    """The ten operations of the DAE-Former recipe, in the reference's listing order.
+
+    The defaults are the reference's, for slices augmented at their stored size; see
+    ``build_augmentation`` for the values used after a resize.
+    """
     return [
         v2.RandomVerticalFlip(p=FLIP_P),
         v2.RandomHorizontalFlip(p=FLIP_P),
-        v2.GaussianNoise(mean=0.0, sigma=NOISE_STD, clip=False),
-        v2.GaussianBlur(kernel_size=BLUR_KERNEL, sigma=BLUR_SIGMA),
+        v2.GaussianNoise(mean=0.0, sigma=noise_std, clip=False),
+        v2.GaussianBlur(kernel_size=blur_kernel, sigma=blur_sigma),
         RandomLinearContrast(),
         RandomScaleXY(),
         v2.RandomAffine(degrees=ROTATE_DEGREES, interpolation=IMAGE_INTERPOLATION, fill=FILL),
@@ -270,18 +297,60 @@ class NoAugmentation:
         return np.asarray(image, np.float32), np.asarray(label, np.int64)
 
 
-def build_augmentation(name: str) -> Augmentation:
+def noise_gain(stored_size: Sequence[int], img_size: Sequence[int]) -> float:
+    """RMS factor by which the protocol's order-3 zoom from ``stored_size`` to ``img_size``
+    scales white noise: sqrt of the mean squared row norm of ``A_h`` times that of ``A_w``."""
+    gain_squared = 1.0
+    for n_in, n_out in zip(stored_size, img_size):
+        if n_in != n_out:
+            gain_squared *= float((spline_zoom_matrix(n_in, n_out) ** 2).sum(axis=1).mean())
+    return gain_squared**0.5
+
+
+def blur_after_resize(stored_size: Sequence[int], img_size: Sequence[int]) -> tuple[float, int]:
+    """(sigma, odd kernel size) of the blur that, on a slice resized from ``stored_size`` to
+    ``img_size``, spans what ``BLUR_SIGMA`` spanned on the stored slice (geometric-mean factor)."""
+    factor = (img_size[0] / stored_size[0] * img_size[1] / stored_size[1]) ** 0.5
+    sigma = BLUR_SIGMA * factor
+    return sigma, 2 * int(np.ceil(BLUR_KERNEL_SIGMAS * sigma)) + 1
+
+
+def _check_sizes(stored_size: Sequence[int] | None, img_size: Sequence[int] | None) -> None:
+    if (stored_size is None) != (img_size is None):
+        raise ValueError("build_augmentation needs both stored_size and img_size, or neither")
+    for name, size in (("stored_size", stored_size), ("img_size", img_size)):
+        if size is not None and (len(size) != 2 or any(int(s) != s or s < 1 for s in size)):
+            raise ValueError(f"{name} must be two positive ints (H, W), got {tuple(size)}")
+
+
+def build_augmentation(name: str, stored_size: Sequence[int] | None = None,
+                       img_size: Sequence[int] | None = None) -> Augmentation:
     """The augmentation called ``name``, one of ``AUGMENTATIONS``.
+
+    Args:
+        name: the recipe.
+        stored_size, img_size: (H, W) of the stored slices and of the network input, when the
+            augmentation runs on slices already resized from the one to the other; the blur
+            and the noise are then rescaled (see the module docstring). None for both: the
+            slices are augmented at their stored size with the reference's values.
 
     Returns:
         A callable ``(image, label) -> (image, label)``: image float32 (H, W), label int64
         (H, W), same shape out as in.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, or bad sizes.
     """
+    _check_sizes(stored_size, img_size)
     if name == "daeformer":
-        return TorchvisionPairAugmentation(SomeOf(daeformer_transforms(), max_ops=MAX_OPS))
+        transforms = daeformer_transforms()
+        if stored_size is not None and tuple(stored_size) != tuple(img_size):
+            sigma, kernel = blur_after_resize(stored_size, img_size)
+            transforms = daeformer_transforms(
+                blur_sigma=sigma, blur_kernel=kernel,
+                noise_std=NOISE_STD * noise_gain(stored_size, img_size),
+            )
+        return TorchvisionPairAugmentation(SomeOf(transforms, max_ops=MAX_OPS))
     if name == "transunet":
         return TransUNetAugmentation()
     if name == "none":

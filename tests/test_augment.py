@@ -352,3 +352,25 @@ def test_none_is_identity_and_unknown_name_errors():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match=r"image \(4, 4\) and label \(4, 5\)"):
         build_augmentation("daeformer")(np.zeros((4, 4), np.float32), np.zeros((4, 5), np.int64))
+
+
+def test_after_a_resize_blur_and_noise_are_rescaled_to_the_stored_slice():
+    from datasets.augment import blur_after_resize, noise_gain
+    from datasets.resize import zoom_images
+
+    # 512 -> 224: blur 1.0 * 224 / 512 = 0.4375 (kernel +-3 sigma -> 5); noise gain 0.870.
+    assert blur_after_resize((512, 512), (224, 224)) == (0.4375, 5)
+    assert noise_gain((512, 512), (224, 224)) == pytest.approx(0.87038, abs=1e-5)
+    assert noise_gain((64, 64), (64, 64)) == 1.0
+    ops = build_augmentation("daeformer", (512, 512), (224, 224)).transform.transforms
+    assert ops[2].sigma == pytest.approx(NOISE_STD * 0.87038, abs=1e-4)
+    assert list(ops[3].sigma) == [0.4375, 0.4375] and list(ops[3].kernel_size) == [5, 5]
+    # The gain is what the protocol's zoom does to white noise: measured, not assumed.
+    torch.manual_seed(0)
+    noise = zoom_images(torch.randn(16, 128, 128, dtype=torch.float64), (56, 56))
+    assert noise.std().item() == pytest.approx(noise_gain((128, 128), (56, 56)), rel=0.03)
+    # Same size: the reference's values.
+    same = build_augmentation("daeformer", (64, 64), (64, 64)).transform.transforms
+    assert same[2].sigma == pytest.approx(NOISE_STD) and list(same[3].sigma) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="both stored_size and img_size"):
+        build_augmentation("daeformer", (64, 64))

@@ -1,0 +1,167 @@
+"""The evaluation's resizes alone: scipy one slice at a time against torch on the whole stack.
+
+    python -m bench.resize_speed                      # 100 x 512 x 512 phantom at 224, CPU, 2 threads
+    python -m bench.resize_speed --depth 20 --repeats 1
+
+Per slice the protocol resizes the image in (``zoom`` order 3), runs the network, and resizes
+the argmax back (``zoom`` order 0). Here the network is a fixed per-pixel projection to 9
+class scores -- it costs next to nothing, so the figures are the resizes' -- and its input is
+a phantom CT volume (``datasets.synthetic.synapse``), so the labels are realistic enough to
+show near-ties. Both paths run in the same process on the same volume:
+
+- scipy: ``preprocess_slice`` -> network -> ``resize_label``, one slice at a time (the
+  reference, and the published loop);
+- torch: ``preprocess_batch`` -> network -> ``resize_labels`` on batches of ``--batch_size``
+  slices, with the zoom products in float64 (the default, scipy's own precision) and float32.
+
+Printed: seconds per volume (median of ``--repeats`` after one warm-up that also builds the
+cached operators), the ratio to scipy, and how many voxels' labels differ from scipy's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import cpu_name, logical_cpus, markdown_table  # noqa: E402
+from datasets.resize import zoom_images  # noqa: E402
+from datasets.synapse import (  # noqa: E402
+    IMAGE_MEAN,
+    IMAGE_STD,
+    preprocess_slice,
+    resize_label,
+    resize_labels,
+)
+from datasets.synthetic.synapse import make_case  # noqa: E402
+
+NUM_CLASSES = 9
+DEFAULT_DEPTH = 100  # slices; Synapse test volumes hold 85-198
+DEFAULT_SIZE = 512
+DEFAULT_IMG_SIZE = 224
+DEFAULT_BATCH = 16  # the evaluation engine's GPU batch; a 100-slice float64 batch outgrows the caches
+DEFAULT_SEED = 0
+COMPUTE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class FixedNetwork(torch.nn.Module):
+    """Class scores ``weight[c] * x + bias[c]`` with seeded random weights: (B, 1, h, w) ->
+    (B, C, h, w). Stands in for the network at 9 multiply-adds per pixel; its argmax is a
+    piecewise-constant function of intensity, so every class boundary is a potential near-tie."""
+
+    def __init__(self, seed: int = DEFAULT_SEED) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("weight", torch.randn(1, NUM_CLASSES, 1, 1, generator=generator))
+        self.register_buffer("bias", torch.randn(1, NUM_CLASSES, 1, 1, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight + self.bias
+
+
+@torch.inference_mode()
+def scipy_path(model: torch.nn.Module, volume: np.ndarray, img_size: int) -> np.ndarray:
+    """The reference: (D, H, W) float32 -> (D, H, W) int64 labels, one slice at a time."""
+    labels = np.empty(volume.shape, dtype=np.int64)
+    for z, section in enumerate(volume):
+        x = torch.from_numpy(preprocess_slice(section, (img_size, img_size)))[None, None]
+        labels[z] = resize_label(model(x).argmax(dim=1)[0].numpy(), section.shape)
+    return labels
+
+
+@torch.inference_mode()
+def torch_path(model: torch.nn.Module, volume: np.ndarray, img_size: int, batch_size: int,
+               compute_dtype: torch.dtype) -> np.ndarray:
+    """The batched path: (D, H, W) float32 -> (D, H, W) int64 labels, ``batch_size`` at a time.
+
+    With float64 products this is ``preprocess_batch``; float32 products go through
+    ``zoom_images`` directly to show what the cheaper arithmetic changes.
+    """
+    stack = torch.from_numpy(volume)
+    labels = torch.empty(volume.shape, dtype=torch.int64)
+    for start in range(0, len(stack), batch_size):
+        chunk = stack[start:start + batch_size]
+        x = (zoom_images(chunk, (img_size, img_size), compute_dtype) - IMAGE_MEAN) / IMAGE_STD
+        prediction = model(x.unsqueeze(1)).argmax(dim=1)
+        labels[start:start + batch_size] = resize_labels(prediction, volume.shape[1:])
+    return labels.numpy()
+
+
+def median_seconds(function: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
+    """One untimed warm-up, then the median of ``repeats`` timed calls, and the last result."""
+    result = function()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="slices (default 100)")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="in-plane size (512)")
+    parser.add_argument("--img_size", type=int, default=DEFAULT_IMG_SIZE, help="network size")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH,
+                        help="slices per batch on the torch path (default 16)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (median)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="phantom and weights seed")
+    return parser
+
+
+def run(depth: int, size: int, img_size: int, batch_size: int, repeats: int, seed: int
+        ) -> list[dict]:
+    """Time both paths on one phantom volume; one dict per row of the printed table."""
+    for flag, value in (("--depth", depth), ("--size", size), ("--img_size", img_size),
+                        ("--batch_size", batch_size), ("--repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    volume, _ = make_case(np.random.default_rng(seed), size, depth)
+    model = FixedNetwork(seed).eval()
+    scipy_s, reference = median_seconds(lambda: scipy_path(model, volume, img_size), repeats)
+    rows = [{"path": "scipy, one slice at a time", "seconds": scipy_s, "differing": 0}]
+    for name, dtype in COMPUTE_DTYPES.items():
+        seconds, labels = median_seconds(
+            lambda: torch_path(model, volume, img_size, batch_size, dtype), repeats)
+        rows.append({"path": f"torch, batch {batch_size}, {name} products", "seconds": seconds,
+                     "differing": int((labels != reference).sum())})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    try:
+        rows = run(args.depth, args.size, args.img_size, args.batch_size, args.repeats, args.seed)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    baseline = rows[0]["seconds"]
+    voxels = args.depth * args.size * args.size
+    print(f"{args.depth} x {args.size} x {args.size} phantom -> {args.img_size} -> back; "
+          f"{cpu_name()}, {args.threads} torch threads of {logical_cpus()} CPUs; "
+          f"median of {args.repeats}")
+    print(markdown_table(
+        ["path", "s / volume", "speed-up", f"labels differing (of {voxels})"],
+        [[row["path"], f"{row['seconds']:.3f}", f"{baseline / row['seconds']:.2f}x",
+          row["differing"]] for row in rows],
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
