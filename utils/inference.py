@@ -1,8 +1,9 @@
 """Slice-wise inference of a 2D network over 3D volumes, exactly per the evaluation protocol.
 
 Each axial slice (first axis) is resized to the network's input size with cubic interpolation
-and normalised exactly as in training (``datasets.synapse.preprocess_slice``), the network's
-argmax is resized back with nearest-neighbour interpolation. Slices go through the network in
+and normalised exactly as in training (``datasets.synapse.preprocess_batch``, the batched torch
+form of ``preprocess_slice``), the network's argmax is resized back with nearest-neighbour
+interpolation (``resize_labels``), both on the network's device. Slices go through the network in
 batches; the labels equal one-slice-at-a-time prediction except where float32 rounding (about
 1e-6 in the logits: batched matrix products accumulate in another order) decides a near-tie
 between two classes -- 6 of 4.2 million voxels for an untrained DAE-Former. ``batch_size=1`` is
@@ -12,13 +13,12 @@ the published loop exactly.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from datasets.synapse import preprocess_slice, resize_label
+from datasets.synapse import preprocess_batch, resize_labels
 from utils.errors import UserError
 from utils.metrics import metrics_for_classes
 
@@ -54,11 +54,6 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(image: np.ndarray, img_size: tuple[int, int], batch_size: int) -> Iterator[np.ndarray]:
-    for start in range(0, image.shape[0], batch_size):
-        yield np.stack([preprocess_slice(s, img_size) for s in image[start : start + batch_size]])
-
-
 @torch.inference_mode()
 def predict_volume(
     model: nn.Module,
@@ -68,7 +63,12 @@ def predict_volume(
     device: torch.device | str = "cpu",
     amp: str = "off",
 ) -> np.ndarray:
-    """Predict a label volume slice by slice.
+    """Predict a label volume slice by slice, the protocol's resizes on ``device``.
+
+    The cubic resize in and the nearest resize back are scipy's ``zoom`` written as matrix
+    products and index gathers (``datasets.resize``), batched on the network's device: the
+    labels equal the scipy path's (the float64 products give scipy's numbers; a test and
+    ``bench/resize_speed.py`` count the differences, none so far).
 
     Args:
         model: network in eval mode, mapping (B, 1, h, w) to logits (B, C, h, w).
@@ -83,16 +83,14 @@ def predict_volume(
     """
     device = torch.device(device)
     height, width = image.shape[1:]
-    prediction = np.zeros(image.shape, dtype=np.uint8)
-    done = 0
-    for batch in _batches(image, img_size, batch_size):
-        x = torch.from_numpy(batch).unsqueeze(1).to(device)
+    volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    prediction = np.empty(image.shape, dtype=np.uint8)
+    for start in range(0, image.shape[0], batch_size):
+        x = preprocess_batch(volume[start : start + batch_size].to(device, non_blocking=True), img_size)
         with autocast(device, amp):
             logits = model(x)
-        labels = logits.argmax(dim=1).to("cpu", torch.uint8).numpy()
-        for offset, label in enumerate(labels):
-            prediction[done + offset] = resize_label(label, (height, width))
-        done += len(labels)
+        labels = resize_labels(logits.argmax(dim=1), (height, width))
+        prediction[start : start + len(labels)] = labels.to("cpu", torch.uint8).numpy()
     return prediction
 
 
