@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="./model_out")
-    run.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations")
+    run.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations (0: never evaluate)")
     run.add_argument("--eval_batch_size", type=int,
                      help="slices per forward pass when evaluating volumes (default: 16 on a GPU, 1 on a CPU)")
     run.add_argument("--eval_workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -236,11 +237,12 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
             value = default
             notes.append(f"--{flag} {default} (from --dataset {args.dataset})")
         filled[flag] = value
-    for flag in ("max_epochs", "batch_size", "eval_interval", "img_size", "accumulation_steps"):
+    for flag in ("max_epochs", "batch_size", "img_size", "accumulation_steps"):
         _at_least(flag, getattr(args, flag), 1)
     for flag in ("eval_batch_size", "max_iterations"):
         _at_least(flag, getattr(args, flag), 1)
     _at_least("val_cases", args.val_cases, 0)
+    _at_least("eval_interval", args.eval_interval, 0)
     _at_least("eval_workers", args.eval_workers, 0)
     _at_least("num_workers", args.num_workers, 0)
     if args.dist_timeout <= 0:
@@ -356,8 +358,10 @@ def make_datasets(config: RunConfig, rank: int) -> tuple[Dataset, Any, str]:
 
 def evaluation_due(epoch: int, config: RunConfig, last_epoch: int, eval_kind: str) -> bool:
     """Evaluate every --eval_interval epochs -- from half-way on when evaluating on the test set,
-    as the published code does -- and always after the last epoch."""
+    as the published code does -- and always after the last epoch; never with --eval_interval 0."""
     done = epoch + 1
+    if config.eval_interval == 0:
+        return False
     if epoch == last_epoch:
         return True
     if done % config.eval_interval:
@@ -538,6 +542,7 @@ def evaluate(evaluator: Evaluator, model: torch.nn.Module, cases: Any, eval_kind
     evaluates its share of the cases and rank 0 gathers the scores, so no process idles in a
     collective while another evaluates. Rank 0 logs the result, writes it to eval/epoch_{N}/ and
     adds it to TensorBoard; the others return None."""
+    start = time.perf_counter()
     if not dist.is_initialized():
         result = evaluator.evaluate(unwrap(model), cases)
     else:
@@ -549,6 +554,7 @@ def evaluate(evaluator: Evaluator, model: torch.nn.Module, cases: Any, eval_kind
             return None
         result = type(parts[0]).merge(parts, case_names(cases))
     result.log(f"{eval_kind} evaluation after epoch {state.epoch}")
+    logger.info("%s evaluation took %.1f s", eval_kind, time.perf_counter() - start)
     result.write(Path(config.output_dir) / EVAL_FOLDER / f"epoch_{state.epoch}")
     result.add_to(writer, eval_kind, state.iteration)
     example = result.example
@@ -620,7 +626,11 @@ def run_training(config: RunConfig, notes: list[str], device: torch.device, rank
     sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if world_size > 1 else None
     loader = DataLoader(
         train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
+        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        # On a GPU, re-spawning the workers every epoch costs more than a bitwise-exact resume is
+        # worth there (GPU kernels are not bitwise reproducible anyway); on a CPU the workers
+        # restart each epoch from the checkpointed random streams, so a resume is exact.
+        persistent_workers=config.num_workers > 0 and device.type == "cuda",
     )
     iterations_per_epoch = len(loader) // config.accumulation_steps
     if iterations_per_epoch == 0:
@@ -676,7 +686,9 @@ def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: Di
             state.epoch_rng = rng_state()
         if sampler is not None:
             sampler.set_epoch(epoch)
+        start, first = time.perf_counter(), state.iteration
         losses, batch, finished = train_one_epoch(state, loader, criterion, config, device, max_iterations, writer, stop)
+        pace = (time.perf_counter() - start) / max(1, state.iteration - first)
         if not finished:
             if main_process:
                 save_checkpoint(output_dir / LAST, state.payload(config, finished_epoch=False))
@@ -686,8 +698,9 @@ def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: Di
             return stop.exit_code
         state.batches_done = 0
         if losses is not None:
-            logger.info("epoch %d: iteration %d, loss %.4f (ce %.4f, dice %.4f), lr %.3e", epoch, state.iteration,
-                        losses.loss.item(), losses.ce.item(), losses.dice.item(), state.optimizer.param_groups[0]["lr"])
+            logger.info("epoch %d: iteration %d, loss %.4f (ce %.4f, dice %.4f), lr %.3e, %.4f s/iteration", epoch,
+                        state.iteration, losses.loss.item(), losses.ce.item(), losses.dice.item(),
+                        state.optimizer.param_groups[0]["lr"], pace)
         if writer is not None and batch:
             network = unwrap(state.model)
             with torch.no_grad():

@@ -1,7 +1,7 @@
 """NIfTI in and out for test.py: segmenting new scans (no labels) and saving evaluated volumes.
 
-Kept apart from the evaluation engine because it needs SimpleITK, which a machine that only
-trains and evaluates ``.npz`` / ``.h5`` data does not.
+SimpleITK is imported only when a NIfTI file is read or written, so a machine that only trains
+and evaluates ``.npz`` / ``.h5`` data does not need it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from datasets.scans import CANONICAL_ORIENTATION, read_scan, write_prediction
 from utils.predictor import Predictor
 from utils.visualize import montage
 
@@ -37,6 +35,8 @@ def nifti_stem(path: Path) -> str:
 
 def save_nifti(array: np.ndarray, path: Path, z_spacing: int) -> None:
     """Write a (D, H, W) array with spacing (1, 1, z_spacing), as the published test script does."""
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((1, 1, z_spacing))
     sitk.WriteImage(image, str(path))
@@ -50,6 +50,8 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
     scales to [0, 1], as the preprocessing of the training data did; the prediction is oriented
     back and written with the scan's geometry.
     """
+    from datasets.scans import CANONICAL_ORIENTATION, read_scan, write_prediction
+
     scan = read_scan(path, predictor.info.intensity_clip)
     prediction = predictor.predict(scan.image)
     target = write_prediction(scan, prediction, save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}")
