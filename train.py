@@ -733,6 +733,8 @@ def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: Di
         report_replica_agreement(state.model)
     logger.info("training of run %s finished after %d iterations; checkpoints in %s", state.run_id, state.iteration,
                 output_dir)
+    if device.type == "cuda":
+        logger.info("peak GPU memory %.2f GiB (tensors)", torch.cuda.max_memory_allocated(device) / 2**30)
     return 0
 
 

@@ -1,0 +1,154 @@
+"""One prepared report of the project's pace on a GPU: a person with a GPU runs it once.
+
+    python -m bench.gpu_report                           # one CUDA GPU, the published sizes, about 5 minutes
+    python -m bench.gpu_report --device cpu --small      # a minute on a CPU: the test suite runs this
+
+No downloads: it writes a phantom data set in the Synapse layout (512x512 slices, 12 test
+volumes of 85-198 slices) into a temporary folder, then measures, in this order:
+
+1. ``utils.training.train_step`` (what train.py runs each iteration) for DAE-Former at 224,
+   batch 24: fp32, bf16, bf16 + torch.compile; seconds per step and peak memory, each in a
+   fresh process (``bench.train_speed``);
+2. ``train.py`` itself on the 512x512 slices with its real loader and default augmentation,
+   ``--amp bf16 --compile``, for ``--iterations`` iterations: seconds per iteration (epochs after
+   the first, which holds the compilation), its ratio to the step of item 1, and the projected
+   time of the published 400-epoch recipe (37,200 iterations);
+3. ``test.py`` on the 12 volumes (the checkpoint of item 2; bf16), wall time end to end;
+4. the same evaluation inside ``train.py`` (its periodic evaluation of the same volumes, from
+   its log).
+
+It needs torch, numpy, scipy, h5py, einops, tqdm and tensorboard -- not SimpleITK or medpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bench.common import cpu_name, markdown_table, measure_step, run_in_fresh_process
+from bench.train_speed import make_train_step
+from datasets.synthetic.synapse import generate_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED_ITERATIONS = 37_200  # 400 epochs of 2,211 slices in batches of 24 (SYNAPSE.md)
+DAEFORMER = "networks.DAEFormer.DAEFormer"
+PACE = re.compile(r"epoch (\d+): iteration \d+, .*, ([\d.]+) s/iteration")
+EVAL_TIME = re.compile(r"test evaluation took ([\d.]+) s")
+PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
+
+
+def sizes(small: bool) -> dict:
+    """What is measured: the published sizes, or a configuration a CPU runs in about a minute."""
+    if small:
+        return dict(module="networks.UNet.UNet", model_kwargs={"base_channels": 4, "depth": 2}, img_size=32, batch=4,
+                    slice_size=64, train_cases=2, test_cases=2, min_slices=6, max_slices=8, variants=("fp32",),
+                    amp="off", compile=False, iterations=12, workers=0)
+    return dict(module=DAEFORMER, model_kwargs={}, img_size=224, batch=24, slice_size=512, train_cases=4,
+                test_cases=12, min_slices=85, max_slices=198, variants=("fp32", "bf16", "bf16+compile"), amp="bf16",
+                compile=True, iterations=300, workers=12)
+
+
+def run_script(script: str, argv: list[str]) -> float:
+    """Run ``script`` (train.py, test.py) as a user does; returns its wall time in seconds."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{script} exited with {result.returncode}: {tail[0]}")
+    return time.perf_counter() - start
+
+
+def step_times(plan: dict, device: torch.device, threads: int) -> list[dict]:
+    rows = []
+    for variant in plan["variants"]:
+        kwargs = dict(module=plan["module"], kwargs={"num_classes": 9, **plan["model_kwargs"]}, batch=plan["batch"],
+                      img_size=plan["img_size"], variant=variant)
+        measured = run_in_fresh_process(measure_step, make_train_step, kwargs, str(device), threads, 3, 10)
+        rows.append({"variant": variant, "s_per_step": measured.median_s, "peak_gib": measured.peak_bytes / 2**30,
+                     "memory_kind": measured.memory_kind})
+    return rows
+
+
+def train_loop(plan: dict, data: dict, run: Path, device: torch.device, per_epoch: int) -> dict:
+    """train.py for ``plan['iterations']`` iterations, evaluating the test volumes once at the end."""
+    epochs = -(-plan["iterations"] // per_epoch)
+    argv = ["--root_path", str(data["train_dir"]), "--test_path", str(data["test_dir"]), "--list_dir",
+            str(data["train_list"].parent), "--output_dir", str(run), "--module", plan["module"], "--model_kwargs",
+            json.dumps(plan["model_kwargs"]), "--img_size", str(plan["img_size"]), "--batch_size", str(plan["batch"]),
+            "--max_iterations", str(plan["iterations"]), "--max_epochs", str(epochs), "--eval_interval", str(epochs),
+            "--num_workers", str(plan["workers"]), "--device", device.type, "--amp", plan["amp"], "--lr_batch_rule", "off"]
+    if plan["compile"]:
+        argv.append("--compile")
+    wall = run_script("train.py", argv)
+    log = (run / "log.txt").read_text()
+    paces = [float(p) for e, p in PACE.findall(log) if int(e) > 0] or [float(p) for _, p in PACE.findall(log)]
+    return {"s_per_iteration": sorted(paces)[len(paces) // 2], "wall_s": wall,
+            "eval_s": float(EVAL_TIME.findall(log)[-1]),
+            "peak_gib": float(PEAK.findall(log)[-1]) if PEAK.findall(log) else None}
+
+
+def test_script(plan: dict, data: dict, run: Path) -> float:
+    return run_script("test.py", ["--output_dir", str(run), "--volume_path", str(data["out_dir"]), "--list_dir",
+                                  str(data["train_list"].parent), "--amp", plan["amp"], "--ckpt", str(run / "last.pth")])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--small", action="store_true", help="a tiny U-Net on small slices (a CPU smoke run)")
+    parser.add_argument("--iterations", type=int, help="train.py iterations (default 300; --small 12)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the CPU step measurements")
+    parser.add_argument("--workdir", help="where the phantom and the runs go (default: a temporary folder)")
+    parser.add_argument("--json", help="also write the results here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench.gpu_report: error: no CUDA GPU is visible; use --device cpu --small for a smoke run", file=sys.stderr)
+        return 2
+    plan = sizes(args.small)
+    if args.iterations:
+        plan["iterations"] = args.iterations
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(args.workdir or temporary)
+        data = generate_dataset(work / "phantom", seed=5, size=plan["slice_size"], train_cases=plan["train_cases"],
+                                test_cases=plan["test_cases"], min_slices=plan["min_slices"], max_slices=plan["max_slices"],
+                                overwrite=True)
+        per_epoch = data["num_train_slices"] // plan["batch"]
+        steps = step_times(plan, device, args.threads)
+        loop = train_loop(plan, data, work / "run", device, per_epoch)
+        test_s = test_script(plan, data, work / "run")
+    compiled = next((s for s in steps if s["variant"] == ("bf16+compile" if plan["compile"] else plan["variants"][0])), steps[0])
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
+    rows = [[f"train_step, {s['variant']}", f"{s['s_per_step']:.4f} s/step", f"{plan['batch'] / s['s_per_step']:.0f} slices/s",
+             f"{s['peak_gib']:.1f} GiB ({s['memory_kind']})"] for s in steps]
+    rows.append([f"train.py loop, {plan['amp']}{' + compile' if plan['compile'] else ''}, {plan['slice_size']}px slices",
+                 f"{loop['s_per_iteration']:.4f} s/iteration",
+                 f"{loop['s_per_iteration'] / compiled['s_per_step']:.2f}x the step",
+                 "" if loop["peak_gib"] is None else f"{loop['peak_gib']:.1f} GiB"])
+    rows.append(["published recipe, projected", f"{PUBLISHED_ITERATIONS * loop['s_per_iteration'] / 60:.1f} min",
+                 f"{PUBLISHED_ITERATIONS:,} iterations", ""])
+    rows.append([f"test.py, {plan['test_cases']} volumes of {data['num_test_slices']} slices", f"{test_s:.1f} s", "", ""])
+    rows.append([f"train.py's evaluation of the same {plan['test_cases']} volumes", f"{loop['eval_s']:.1f} s", "", ""])
+    print(f"{plan['module']} at {plan['img_size']}, batch {plan['batch']}, on {where}, torch {torch.__version__}")
+    print(markdown_table(["what", "time", "rate / ratio", "peak memory"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": where, "plan": plan, "steps": steps, "loop": loop,
+                                               "test_s": test_s}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
