@@ -43,7 +43,7 @@ from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
 from utils.predictor import DEFAULT_MODULE, Predictor
 from utils.runs import ARGS_FILE, latest_run_id
-from utils.scans import find_nifti, save_nifti, segment_scan
+from utils.scans import find_images, find_nifti, save_nifti, segment_image, segment_scan
 from utils.visualize import montage
 
 logger = logging.getLogger("test")
@@ -159,6 +159,13 @@ def run(args: argparse.Namespace) -> None:
             for path in tqdm(scans, desc="scans", leave=False):
                 segment_scan(predictor, path, save_dir, args.save_png)
             return
+
+    if info.kind == IMAGES and find_images(volume_path):
+        images = find_images(volume_path)
+        logger.info("segmenting %d unlabeled image(s) of %s; no masks, so no metrics", len(images), volume_path)
+        for path in tqdm(images, desc="images", leave=False):
+            segment_image(predictor, path, save_dir)
+        return
 
     evaluator = predictor.evaluator(args.metric_convention, spacing, args.workers)
     if info.kind == IMAGES:

@@ -66,6 +66,11 @@ def _open(path: Path, mode: str) -> np.ndarray:
         raise DataError(f"{path} is not a readable image ({' '.join(str(error).split())}); re-create it") from None
 
 
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Any image file PIL reads as uint8 (H, W, 3); a one-line DataError if it cannot."""
+    return _open(Path(path), "RGB")
+
+
 def read_pair(root: str | Path, name: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """The image and mask of ``name``.
 

@@ -1,4 +1,5 @@
-"""NIfTI in and out for test.py: segmenting new scans (no labels) and saving evaluated volumes.
+"""Unlabeled inputs for test.py -- new NIfTI scans and folders of 2D images -- and NIfTI copies
+of evaluated volumes.
 
 SimpleITK is imported only when a NIfTI file is read or written, so a machine that only trains
 and evaluates ``.npz`` / ``.h5`` data does not need it.
@@ -11,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets.isic import read_rgb
 from utils.predictor import Predictor
-from utils.visualize import montage
+from utils.visualize import montage, overlay_rgb
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PNG_MAX = 255
 PREDICTION_SUFFIX = "_pred.nii.gz"
 
 
@@ -59,4 +63,28 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
         montage(scan.image, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
     logger.info("%s (stored %s, read as %s) -> %s (%s voxels labelled)", path.name, scan.orientation,
                 CANONICAL_ORIENTATION, target, int((prediction > 0).sum()))
+    return target
+
+
+def find_images(path: Path) -> list[Path]:
+    """2D images directly inside the folder ``path`` (not the ISIC layout's images/ and masks/),
+    earlier predictions excluded."""
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.stem.endswith(("_pred", "_overlay")))
+
+
+def segment_image(predictor: Predictor, path: Path, save_dir: Path) -> Path:
+    """Predict one unlabeled 2D image; write ``NAME_pred.png`` (class ids) and ``NAME_overlay.png``
+    (the classes coloured over the image)."""
+    from PIL import Image
+
+    rgb = read_rgb(path)
+    prediction = predictor.predict(rgb)
+    target = save_dir / f"{path.stem}_pred.png"
+    Image.fromarray(prediction).save(target)
+    Image.fromarray(overlay_rgb(rgb, prediction, predictor.num_classes).transpose(1, 2, 0)).save(
+        save_dir / f"{path.stem}_overlay.png")
+    logger.info("%s -> %s (%d pixels labelled)", path.name, target, int((prediction > 0).sum()))
     return target

@@ -42,10 +42,24 @@ def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarr
     Returns:
         (3, H, W) uint8 RGB.
     """
-    grey = torch.from_numpy((np.clip(image, 0, 1) * 255).astype(np.uint8)).expand(3, -1, -1)
+    grey = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return overlay_rgb(np.repeat(grey[..., None], 3, axis=2), labels, num_classes)
+
+
+def overlay_rgb(rgb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Colour ``labels`` over an RGB image.
+
+    Args:
+        rgb: uint8 (H, W, 3).
+        labels: (H, W) class ids in [0, num_classes).
+
+    Returns:
+        (3, H, W) uint8 RGB.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
     classes = torch.arange(1, num_classes).view(-1, 1, 1)
     masks = torch.from_numpy(np.asarray(labels)).unsqueeze(0) == classes
-    return draw_segmentation_masks(grey, masks, alpha=OVERLAY_ALPHA, colors=class_colours(num_classes)).numpy()
+    return draw_segmentation_masks(image, masks, alpha=OVERLAY_ALPHA, colors=class_colours(num_classes)).numpy()
 
 
 def panel(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, num_classes: int) -> np.ndarray:
