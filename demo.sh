@@ -16,5 +16,5 @@ python3 -m datasets.synthetic.synapse --out "$DATA" --overwrite
 # within minutes on a CPU (see README, "Quick start"). The rest is the published recipe.
 python3 train.py --root_path "$DATA/train_npz" --test_path "$DATA/test_vol_h5" --list_dir "$DATA/lists" \
     --module networks.UNet.UNet --model_kwargs '{"base_channels": 8}' --img_size 128 --batch_size 8 \
-    --max_epochs "$EPOCHS" --eval_interval "$EPOCHS" --augment none --output_dir "$OUT"
+    --max_epochs "$EPOCHS" --eval_interval "$EPOCHS" --augment none --output_dir "$OUT" --overwrite
 python3 test.py --volume_path "$DATA" --list_dir "$DATA/lists" --output_dir "$OUT" --max_epochs "$EPOCHS" --save_png

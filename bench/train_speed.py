@@ -31,7 +31,9 @@ from utils.loader import parse_model_kwargs
 from utils.losses import CEDiceLoss
 from utils.training import build_optimizer, build_scheduler, train_step
 
-VARIANTS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile")
+# precision, then optional "+compile" (torch.compile) and "+ckpt" (activation checkpointing,
+# train.py's --use-checkpoint)
+VARIANTS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile", "fp32+ckpt", "bf16+ckpt", "bf16+compile+ckpt")
 NUM_CLASSES = 9
 
 
@@ -39,9 +41,12 @@ def make_train_step(device: torch.device, module: str, kwargs: dict[str, Any], b
                     variant: str) -> Callable[[], None]:
     """Step factory for bench.common.measure_step: ``utils.training.train_step``, the very
     function train.py runs each iteration, on a fixed random batch."""
-    amp, _, compiled = variant.partition("+")
+    amp, *options = variant.split("+")
     amp = "off" if amp == "fp32" else amp
+    compiled = "compile" in options
     model = build_network(module, kwargs).to(device).train()
+    if "ckpt" in options:
+        model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, lr=0.01)
     scheduler = build_scheduler(optimizer, total_iterations=10**6)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")

@@ -23,7 +23,7 @@ import zipfile
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import h5py
 import numpy as np
@@ -31,7 +31,9 @@ import torch
 from scipy.ndimage import zoom
 from torch.utils.data import Dataset
 
-from datasets.augment import Augmentation, build_augmentation
+if TYPE_CHECKING:
+    from datasets.augment import Augmentation
+
 from datasets.common import (
     IMAGE_KEY,
     IMAGE_MEAN,
@@ -287,6 +289,9 @@ class SynapseSlices(Dataset):
         self.num_classes = int(num_classes)
         self.img_size = _check_img_size(img_size)
         self.augment_first = augment_first
+        # The augmentation pulls in torchvision; only training readers need it.
+        from datasets.augment import build_augmentation
+
         # Built now so that an unknown name fails here, not in a DataLoader worker.
         self.augment: Augmentation | None = (
             build_augmentation(augment) if isinstance(augment, str) else augment
@@ -313,6 +318,8 @@ class SynapseSlices(Dataset):
         if self.augment_name is None:
             return self.augment
         if stored_size not in self._resized_augments:
+            from datasets.augment import build_augmentation
+
             self._resized_augments[stored_size] = build_augmentation(
                 self.augment_name, stored_size, self.img_size)
         return self._resized_augments[stored_size]

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from datasets.synthetic.synapse import generate_dataset
+from utils.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 # A network small enough that a training epoch on the tiny phantom takes about a second.
@@ -58,3 +60,11 @@ def trained_run(phantom, tmp_path_factory) -> Path:
     result = run_script(*tiny_train_args(phantom, output_dir, "--max_epochs", "2"))
     assert result.returncode == 0, result.stderr
     return output_dir
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    """The two checkpoints hold identical tensors, name for name."""
+    a, b = load_checkpoint(first)["model"], load_checkpoint(second)["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

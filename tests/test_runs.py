@@ -17,22 +17,11 @@ import pytest
 import torch
 
 import train as train_script
-from tests.conftest import TINY_SIZE, load_test_script, run_script, tiny_train_args
+from tests.conftest import TINY_SIZE, assert_same_weights, load_test_script, run_script, tiny_train_args
 from utils.checkpoint import load_checkpoint
 from utils.training import poly_lr, restore_rng_state, rng_state
 
 SIGNAL_NET = "tests.plugin_networks.SignalAt"
-
-
-def weights(path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
-def assert_same_weights(first, second) -> None:
-    a, b = weights(first), weights(second)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
 
 
 def snapshot(folder) -> dict[str, bytes]:

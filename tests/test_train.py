@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
-import torch
 
 import train as train_script
-from tests.conftest import REPO, SCRIPT_ENV, run_script, tiny_train_args
+from tests.conftest import REPO, SCRIPT_ENV, assert_same_weights, run_script, tiny_train_args
 from train import build_parser, resolve_config
 from utils.checkpoint import load_checkpoint
 
@@ -21,17 +20,6 @@ PUBLISHED_COMMAND = (
     "--root_path ./data/Synapse/train_npz --test_path ./data/Synapse/test_vol_h5 --batch_size 20 "
     "--eval_interval 20 --max_epochs 400 --module networks.DAEFormer.DAEFormer"
 ).split()
-
-
-def weights(path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
-def assert_same_weights(first, second) -> None:
-    a, b = weights(first), weights(second)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
 
 
 def test_the_published_command_line_parses_with_the_reference_lr_rule():

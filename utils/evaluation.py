@@ -131,6 +131,16 @@ def prefetched(cases: Iterable[dict]) -> Iterator[dict]:
             yield case
 
 
+def _write_metrics(folder: str | Path, content: dict, rows: list[list]) -> Path:
+    """``metrics.json`` (full precision) and ``metrics.csv`` in ``folder``; returns the JSON's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METRICS_JSON).write_text(json.dumps(content, indent=2) + "\n")
+    with open(folder / METRICS_CSV, "w", newline="") as stream:
+        csv.writer(stream).writerows(rows)
+    return folder / METRICS_JSON
+
+
 class _EvalMode:
     """Put a network in eval mode for the evaluation and give it back in the mode it had."""
 
@@ -227,21 +237,18 @@ class VolumeResult:
         return cls(first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention,
                    first.unit, first.example)
 
+    def csv_rows(self) -> list[list]:
+        rows: list[list] = [["case", "class", "name", "dice", "hd95"]]
+        for case, case_scores in zip(self.cases, self.scores):
+            rows += [[case, c, name, f"{dice:.6f}", f"{hd95:.6f}"]
+                     for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, case_scores), 1)]
+        rows += [["mean", c, name, f"{dice:.6f}", f"{hd95:.6f}"]
+                 for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, self.per_class), 1)]
+        return [*rows, ["mean", "", "all", f"{self.mean_dice:.6f}", f"{self.mean_hd95:.6f}"]]
+
     def write(self, folder: str | Path) -> Path:
         """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / METRICS_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        with open(folder / METRICS_CSV, "w", newline="") as stream:
-            rows = csv.writer(stream)
-            rows.writerow(["case", "class", "name", "dice", "hd95"])
-            for case, case_scores in zip(self.cases, self.scores):
-                for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, case_scores), 1):
-                    rows.writerow([case, c, name, f"{dice:.6f}", f"{hd95:.6f}"])
-            for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, self.per_class), 1):
-                rows.writerow(["mean", c, name, f"{dice:.6f}", f"{hd95:.6f}"])
-            rows.writerow(["mean", "", "all", f"{self.mean_dice:.6f}", f"{self.mean_hd95:.6f}"])
-        return folder / METRICS_JSON
+        return _write_metrics(folder, self.to_dict(), self.csv_rows())
 
 
 def _volume_example(case: dict, prediction: np.ndarray) -> dict:
@@ -250,13 +257,17 @@ def _volume_example(case: dict, prediction: np.ndarray) -> dict:
     return {"image": case["image"][middle], "prediction": prediction[middle], "label": case["label"][middle]}
 
 
-class VolumeEvaluator:
-    """Predict labelled volumes with the published protocol and score them (Dice, HD95)."""
+class _Evaluator:
+    """What every evaluator holds: the classes and how the network runs."""
 
     def __init__(self, num_classes: int, class_names: list[str], settings: EvalSettings) -> None:
         self.num_classes = num_classes
         self.class_names = class_names
         self.settings = settings
+
+
+class VolumeEvaluator(_Evaluator):
+    """Predict labelled volumes with the published protocol and score them (Dice, HD95)."""
 
     def predict(self, model: nn.Module, image: np.ndarray) -> np.ndarray:
         """(D, H, W) intensities in [0, 1] -> (D, H, W) uint8 labels."""
@@ -366,28 +377,20 @@ class ImageResult:
         rows = dict(zip(names, np.concatenate([part.counts for part in parts])))
         return cls(parts[0].class_names, list(order), np.stack([rows[name] for name in order]), parts[0].example)
 
+    def csv_rows(self) -> list[list]:
+        rows: list[list] = [["case", "class", "name", *METRIC_NAMES]]
+        for case, values in zip(self.cases, self.per_image):
+            rows += [[case, c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, values), 1)]
+        return rows + [["pooled", c, name, *(f"{v:.6f}" for v in row)]
+                       for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1)]
+
     def write(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / METRICS_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        with open(folder / METRICS_CSV, "w", newline="") as stream:
-            rows = csv.writer(stream)
-            rows.writerow(["case", "class", "name", *METRIC_NAMES])
-            for case, values in zip(self.cases, self.per_image):
-                for c, (name, row) in enumerate(zip(self.class_names, values), 1):
-                    rows.writerow([case, c, name, *(f"{v:.6f}" for v in row)])
-            for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1):
-                rows.writerow(["pooled", c, name, *(f"{v:.6f}" for v in row)])
-        return folder / METRICS_JSON
+        """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
+        return _write_metrics(folder, self.to_dict(), self.csv_rows())
 
 
-class ImageEvaluator:
+class ImageEvaluator(_Evaluator):
     """Predict labelled 2D images at their own size and count their pixels."""
-
-    def __init__(self, num_classes: int, class_names: list[str], settings: EvalSettings) -> None:
-        self.num_classes = num_classes
-        self.class_names = class_names
-        self.settings = settings
 
     def predict(self, model: nn.Module, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) -> uint8 (H, W) labels."""

@@ -46,9 +46,10 @@ def poly_lr(base_lr: float, iteration: int, total_iterations: int) -> float:
 
 
 def build_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
-    """SGD of the published recipe; ``foreach`` (one kernel per group of tensors) where the
-    parameters live on a GPU."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    """SGD of the published recipe. On a GPU the fused implementation updates every parameter
+    in a few kernels instead of several per tensor (the same update, computed in one pass)."""
+    on_gpu = all(p.device.type == "cuda" for p in model.parameters())
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, fused=on_gpu or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_iterations: int) -> PolynomialLR:

@@ -7,7 +7,6 @@ import colorsys
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torchvision.utils import draw_segmentation_masks
 
 OVERLAY_ALPHA = 0.45
 MONTAGE_SLICES = 6
@@ -56,6 +55,8 @@ def overlay_rgb(rgb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nda
     Returns:
         (3, H, W) uint8 RGB.
     """
+    from torchvision.utils import draw_segmentation_masks  # torchvision loads slowly; only pictures need it
+
     image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
     classes = torch.arange(1, num_classes).view(-1, 1, 1)
     masks = torch.from_numpy(np.asarray(labels)).unsqueeze(0) == classes
