@@ -29,7 +29,7 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 GPU_BATCH_SIZE = 16
 CPU_BATCH_SIZE = 1
 # Slices resized together (the network still sees ``batch_size`` at a time).
-RESIZE_CHUNK = 16
+RESIZE_CHUNK = 32
 
 
 DEVICES = ("auto", "cpu", "cuda")
