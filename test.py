@@ -51,38 +51,80 @@ logger = logging.getLogger("test")
 VOLUME_FOLDER = "test_vol_h5"
 PNG_MAX = 255
 # Flags of the published test.py that mean nothing here (utils/cli.py).
-IGNORED_FLAGS = ("--max_iterations", "--base_lr", "--seed", "--resume", "--accumulation-steps", "--use-checkpoint",
-                 "--zip", "--cache-mode", "--amp-opt-level", "--tag", "--eval", "--throughput", "--opts")
+IGNORED_FLAGS = (
+    "--max_iterations",
+    "--base_lr",
+    "--seed",
+    "--resume",
+    "--accumulation-steps",
+    "--use-checkpoint",
+    "--zip",
+    "--cache-mode",
+    "--amp-opt-level",
+    "--tag",
+    "--eval",
+    "--throughput",
+    "--opts",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--volume_path", help="data root with test_vol_h5/ below it, that folder itself, "
-                                              "NIfTI scans (a file or a folder) to segment, or for 2D image data "
-                                              "the folder holding images/ and masks/")
-    parser.add_argument("--dataset", default="Synapse",
-                        help=f"a data set of the table ({', '.join(DATASETS)}) or a dataset.json path; "
-                             "a checkpoint of train.py names its own")
+    parser.add_argument(
+        "--volume_path",
+        help="data root with test_vol_h5/ below it, that folder itself, "
+        "NIfTI scans (a file or a folder) to segment, or for 2D image data "
+        "the folder holding images/ and masks/",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="Synapse",
+        help=f"a data set of the table ({', '.join(DATASETS)}) or a dataset.json path; a checkpoint of train.py names its own",
+    )
     parser.add_argument("--list_dir", help="folder holding the test list (default: the --dataset table's)")
-    parser.add_argument("--num_classes", type=int, help="classes including background (default: the checkpoint's, else the table's)")
+    parser.add_argument(
+        "--num_classes", type=int, help="classes including background (default: the checkpoint's, else the table's)"
+    )
     parser.add_argument("--output_dir", default="./model_out", help="training output folder to take the checkpoint from")
-    parser.add_argument("--ckpt", help="checkpoint file (default: best.pth, else the final epoch's, else last.pth in --output_dir)")
-    parser.add_argument("--module", help="network class for a plain state dict such as the published weights "
-                                         f"(default {DEFAULT_MODULE}); a checkpoint of train.py names its own")
+    parser.add_argument(
+        "--ckpt", help="checkpoint file (default: best.pth, else the final epoch's, else last.pth in --output_dir)"
+    )
+    parser.add_argument(
+        "--module",
+        help="network class for a plain state dict such as the published weights "
+        f"(default {DEFAULT_MODULE}); a checkpoint of train.py names its own",
+    )
     parser.add_argument("--model_kwargs", default="{}", help="constructor arguments (JSON) for a plain state dict")
     parser.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")
-    parser.add_argument("--max_epochs", type=int, default=400, help="with --model_name, picks {model_name}_epoch_{max_epochs-1}.pth")
+    parser.add_argument(
+        "--max_epochs", type=int, default=400, help="with --model_name, picks {model_name}_epoch_{max_epochs-1}.pth"
+    )
     parser.add_argument("--img_size", type=int, help="network input size (default: the checkpoint's, else 224)")
-    parser.add_argument("--batch_size", type=int, help=f"slices per forward pass (default {GPU_BATCH_SIZE} on a GPU, "
-                                                        f"{CPU_BATCH_SIZE} on a CPU, where batching does not pay)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        help=f"slices per forward pass (default {GPU_BATCH_SIZE} on a GPU, "
+        f"{CPU_BATCH_SIZE} on a CPU, where batching does not pay)",
+    )
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision for inference")
-    parser.add_argument("--metric_convention", default="published", choices=CONVENTIONS,
-                        help="published: missed organ = (0, 0), as in the papers; nan: classes absent from both masks are left out")
-    parser.add_argument("--spacing", default="voxel",
-                        help="HD95 unit: 'voxel' (published), 'file' (each volume's stored spacing, mm), or 'z,y,x' in mm")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes computing metrics while the network predicts the next case (0 = in this process)")
+    parser.add_argument(
+        "--metric_convention",
+        default="published",
+        choices=CONVENTIONS,
+        help="published: missed organ = (0, 0), as in the papers; nan: classes absent from both masks are left out",
+    )
+    parser.add_argument(
+        "--spacing",
+        default="voxel",
+        help="HD95 unit: 'voxel' (published), 'file' (each volume's stored spacing, mm), or 'z,y,x' in mm",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="processes computing metrics while the network predicts the next case (0 = in this process)",
+    )
     parser.add_argument("--test_save_dir", help="where results go (default OUTPUT_DIR/test)")
     parser.add_argument("--is_savenii", action="store_true", help="write {case}_pred/_img/_gt.nii.gz")
     parser.add_argument("--save_png", action="store_true", help="write an overlay montage per case")
@@ -111,8 +153,17 @@ def load(args: argparse.Namespace) -> Predictor:
     else:
         model_name = args.model_name or (args.module.rpartition(".")[2] if args.module else None)
         path = find_checkpoint(args.output_dir, model_name, args.max_epochs)
-    predictor = Predictor.from_checkpoint(path, args.module, parse_model_kwargs(args.model_kwargs), args.dataset,
-                                          args.num_classes, args.img_size, args.device, args.amp, args.batch_size)
+    predictor = Predictor.from_checkpoint(
+        path,
+        args.module,
+        parse_model_kwargs(args.model_kwargs),
+        args.dataset,
+        args.num_classes,
+        args.img_size,
+        args.device,
+        args.amp,
+        args.batch_size,
+    )
     if not args.ckpt:
         check_same_run(predictor, Path(args.output_dir))
     if predictor.run_id:
@@ -129,12 +180,16 @@ def check_same_run(predictor: Predictor, output_dir: Path) -> None:
         return
     if predictor.run_id is None:
         if path.stat().st_mtime < (output_dir / ARGS_FILE).stat().st_mtime:
-            raise UserError(f"{path} is older than the latest run {latest} in {output_dir} and names no run; "
-                            "pass --ckpt to evaluate it anyway")
+            raise UserError(
+                f"{path} is older than the latest run {latest} in {output_dir} and names no run; "
+                "pass --ckpt to evaluate it anyway"
+            )
         return
     if predictor.run_id != latest:
-        raise UserError(f"{path} was written by run {predictor.run_id}, but the latest run in {output_dir} is {latest}; "
-                        "pass --ckpt to evaluate it anyway, or evaluate the latest run's checkpoints")
+        raise UserError(
+            f"{path} was written by run {predictor.run_id}, but the latest run in {output_dir} is {latest}; "
+            "pass --ckpt to evaluate it anyway, or evaluate the latest run's checkpoints"
+        )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -175,11 +230,22 @@ def run(args: argparse.Namespace) -> None:
     else:
         folder = volume_path / VOLUME_FOLDER if (volume_path / VOLUME_FOLDER).is_dir() else volume_path
         cases = SynapseVolumes(folder, list_file, predictor.num_classes)
-        logger.info("evaluating %d volume(s) of %s at %dx%d, convention %r, HD95 in %s", len(cases), folder,
-                    predictor.img_size, predictor.img_size, args.metric_convention, evaluator.settings.unit)
+        logger.info(
+            "evaluating %d volume(s) of %s at %dx%d, convention %r, HD95 in %s",
+            len(cases),
+            folder,
+            predictor.img_size,
+            predictor.img_size,
+            args.metric_convention,
+            evaluator.settings.unit,
+        )
         title = "test volumes"
-    result = evaluator.evaluate(predictor.model, cases, on_case=case_writer(args, predictor, save_dir),
-                                progress=lambda items: tqdm(items, total=len(cases), desc="cases", leave=False))
+    result = evaluator.evaluate(
+        predictor.model,
+        cases,
+        on_case=case_writer(args, predictor, save_dir),
+        progress=lambda items: tqdm(items, total=len(cases), desc="cases", leave=False),
+    )
     result.log(f"{title} of {predictor.checkpoint}")
     result.write(save_dir)
     logger.info("results in %s", save_dir)

@@ -82,7 +82,17 @@ from utils.visualize import panel
 logger = logging.getLogger("train")
 
 # Flags of the published train.py that mean nothing here (utils/cli.py).
-IGNORED_FLAGS = ("--zip", "--cache-mode", "--amp-opt-level", "--tag", "--eval", "--throughput", "--opts", "--n_gpu", "--z_spacing")
+IGNORED_FLAGS = (
+    "--zip",
+    "--cache-mode",
+    "--amp-opt-level",
+    "--tag",
+    "--eval",
+    "--throughput",
+    "--opts",
+    "--n_gpu",
+    "--z_spacing",
+)
 # Reading a loss from the GPU waits for it; the loop does so only every this many steps.
 LOG_EVERY = 20
 EVAL_FOLDER = "eval"
@@ -92,8 +102,21 @@ DIST_TIMEOUT_MIN = 60.0
 AUTO = "auto"
 # Settings that define what a run trains; resuming with any of them changed is refused unless
 # --resume_accept_changes (max_epochs / max_iterations may change: the schedule follows).
-RUN_DEFINING = ("module", "model_kwargs", "dataset", "num_classes", "train_list_sha256", "val_cases", "batch_size",
-                "accumulation_steps", "base_lr", "lr_batch_rule", "img_size", "ce_weight", "dice_weight")
+RUN_DEFINING = (
+    "module",
+    "model_kwargs",
+    "dataset",
+    "num_classes",
+    "train_list_sha256",
+    "val_cases",
+    "batch_size",
+    "accumulation_steps",
+    "base_lr",
+    "lr_batch_rule",
+    "img_size",
+    "ce_weight",
+    "dice_weight",
+)
 
 
 class TrainingStopped(UserError):
@@ -103,18 +126,25 @@ class TrainingStopped(UserError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data (defaults come from the --dataset table)")
-    data.add_argument("--dataset", default="Synapse",
-                      help=f"a data set of the table in datasets/catalog.py ({', '.join(DATASETS)}) or the path of "
-                           "the dataset.json that datasets.prepare.nifti writes for your own data")
+    data.add_argument(
+        "--dataset",
+        default="Synapse",
+        help=f"a data set of the table in datasets/catalog.py ({', '.join(DATASETS)}) or the path of "
+        "the dataset.json that datasets.prepare.nifti writes for your own data",
+    )
     data.add_argument("--root_path", help="folder of the training slices (.npz), or of images/ and masks/ for 2D image data")
     data.add_argument("--test_path", help="folder of the evaluation volumes (.npy.h5) or images, for the periodic evaluation")
     data.add_argument("--list_dir", help="folder holding the list files (train.txt, test_vol.txt, ...)")
     data.add_argument("--num_classes", type=int, help="classes including background")
     data.add_argument("--img_size", type=int, default=224, help="network input size; slices are resized to it")
     data.add_argument("--augment", default="daeformer", choices=AUGMENTATIONS, help="training augmentation")
-    data.add_argument("--val_cases", type=int, default=0,
-                      help="hold out the last K training cases as validation volumes for best.pth; "
-                           "0 = the published behaviour (periodic evaluation on the test volumes)")
+    data.add_argument(
+        "--val_cases",
+        type=int,
+        default=0,
+        help="hold out the last K training cases as validation volumes for best.pth; "
+        "0 = the published behaviour (periodic evaluation on the test volumes)",
+    )
     data.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes")
 
     model = parser.add_argument_group("network")
@@ -122,21 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_kwargs", default="{}", help="extra constructor arguments as JSON, e.g. '{\"base_channels\": 16}'")
     model.add_argument("--in_chans", type=int, help="input channels passed to the constructor (default: the network's own)")
     model.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")
-    model.add_argument("--use-checkpoint", dest="use_checkpoint", action="store_true",
-                       help="activation checkpointing: recompute the transformer blocks' activations in the backward "
-                            "pass (same gradients, less memory); the network must offer set_grad_checkpointing")
+    model.add_argument(
+        "--use-checkpoint",
+        dest="use_checkpoint",
+        action="store_true",
+        help="activation checkpointing: recompute the transformer blocks' activations in the backward "
+        "pass (same gradients, less memory); the network must offer set_grad_checkpointing",
+    )
 
     optim = parser.add_argument_group("optimisation (the published recipe by default)")
     optim.add_argument("--max_epochs", type=int, default=400)
     optim.add_argument("--max_iterations", type=int, help="stop after this many iterations if that comes before --max_epochs")
     optim.add_argument("--batch_size", type=int, default=24, help="batch size per process and micro-batch")
-    optim.add_argument("--accumulation-steps", dest="accumulation_steps", type=int, default=1,
-                       help="micro-batches of --batch_size per optimisation step (gradient accumulation): the step "
-                            "sees batch_size x N slices; the lr rule and the schedule count optimisation steps")
+    optim.add_argument(
+        "--accumulation-steps",
+        dest="accumulation_steps",
+        type=int,
+        default=1,
+        help="micro-batches of --batch_size per optimisation step (gradient accumulation): the step "
+        "sees batch_size x N slices; the lr rule and the schedule count optimisation steps",
+    )
     optim.add_argument("--base_lr", type=float, default=0.05)
-    optim.add_argument("--lr_batch_rule", default="reference", choices=LR_RULES,
-                       help=f"reference: scale the lr by batch/{REFERENCE_BATCH} when the batch is not {REFERENCE_BATCH} "
-                            f"but divisible by {REFERENCE_BATCH_DIVISOR}, as the published code does")
+    optim.add_argument(
+        "--lr_batch_rule",
+        default="reference",
+        choices=LR_RULES,
+        help=f"reference: scale the lr by batch/{REFERENCE_BATCH} when the batch is not {REFERENCE_BATCH} "
+        f"but divisible by {REFERENCE_BATCH_DIVISOR}, as the published code does",
+    )
     optim.add_argument("--ce_weight", type=float, default=CE_WEIGHT)
     optim.add_argument("--dice_weight", type=float, default=DICE_WEIGHT)
     optim.add_argument("--seed", type=int, default=1234)
@@ -145,22 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="./model_out")
     run.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations (0: never evaluate)")
-    run.add_argument("--eval_batch_size", type=int,
-                     help="slices per forward pass when evaluating volumes (default: 16 on a GPU, 1 on a CPU)")
-    run.add_argument("--eval_workers", type=int, default=min(4, os.cpu_count() or 1),
-                     help="processes computing evaluation metrics while the network predicts the next case")
+    run.add_argument(
+        "--eval_batch_size", type=int, help="slices per forward pass when evaluating volumes (default: 16 on a GPU, 1 on a CPU)"
+    )
+    run.add_argument(
+        "--eval_workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="processes computing evaluation metrics while the network predicts the next case",
+    )
     run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision (fp16 uses a GradScaler)")
     run.add_argument("--compile", action="store_true", help="torch.compile the network")
-    run.add_argument("--resume", help="checkpoint to continue from, or 'auto': OUTPUT_DIR/last.pth when it exists, else a "
-                                      "fresh start (one command for the first launch and every requeue)")
-    run.add_argument("--resume_accept_changes", action="store_true",
-                     help="resume even though run-defining settings (network, batch, data, lr, size) differ from the "
-                          "checkpoint's; without it such a resume is refused, naming each change")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace the run already in --output_dir (its checkpoints, logs and args.json are removed first)")
-    run.add_argument("--dist_timeout", type=float, default=DIST_TIMEOUT_MIN,
-                     help="minutes a process waits in a collective operation under torchrun before giving up")
+    run.add_argument(
+        "--resume",
+        help="checkpoint to continue from, or 'auto': OUTPUT_DIR/last.pth when it exists, else a "
+        "fresh start (one command for the first launch and every requeue)",
+    )
+    run.add_argument(
+        "--resume_accept_changes",
+        action="store_true",
+        help="resume even though run-defining settings (network, batch, data, lr, size) differ from the "
+        "checkpoint's; without it such a resume is refused, naming each change",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --output_dir (its checkpoints, logs and args.json are removed first)",
+    )
+    run.add_argument(
+        "--dist_timeout",
+        type=float,
+        default=DIST_TIMEOUT_MIN,
+        help="minutes a process waits in a collective operation under torchrun before giving up",
+    )
     add_ignored_flags(parser, IGNORED_FLAGS)
     return parser
 
@@ -230,8 +291,13 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
         raise UserError(str(error)) from None
     notes = ignored_note(args, IGNORED_FLAGS)
     filled = {}
-    for flag, default in (("num_classes", info.num_classes), ("root_path", info.root_path),
-                          ("test_path", info.test_path), ("list_dir", info.list_dir), ("in_chans", info.in_chans)):
+    for flag, default in (
+        ("num_classes", info.num_classes),
+        ("root_path", info.root_path),
+        ("test_path", info.test_path),
+        ("list_dir", info.list_dir),
+        ("in_chans", info.in_chans),
+    ):
         value = getattr(args, flag)
         if value is None and default is not None:
             value = default
@@ -253,37 +319,76 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     if num_classes < 2:
         raise UserError(f"--num_classes must be at least 2 (background and one class), got {num_classes}")
     if args.ce_weight < 0 or args.dice_weight < 0 or args.ce_weight + args.dice_weight == 0:
-        raise UserError(f"--ce_weight and --dice_weight must be non-negative and not both 0, got {args.ce_weight}, {args.dice_weight}")
+        raise UserError(
+            f"--ce_weight and --dice_weight must be non-negative and not both 0, got {args.ce_weight}, {args.dice_weight}"
+        )
     if args.val_cases and info.kind == IMAGES:
-        raise UserError(f"--val_cases is for volume data; --dataset {args.dataset} evaluates on its list "
-                        f"{info.val_list or info.test_list} (edit that list to change the validation images)")
+        raise UserError(
+            f"--val_cases is for volume data; --dataset {args.dataset} evaluates on its list "
+            f"{info.val_list or info.test_list} (edit that list to change the validation images)"
+        )
     network_cls = load_network_class(args.module)
-    model_kwargs = network_arguments(network_cls, num_classes, args.img_size, filled["in_chans"], **parse_model_kwargs(args.model_kwargs))
+    model_kwargs = network_arguments(
+        network_cls, num_classes, args.img_size, filled["in_chans"], **parse_model_kwargs(args.model_kwargs)
+    )
     if args.use_checkpoint and not hasattr(network_cls, "set_grad_checkpointing"):
-        raise UserError(f"--use-checkpoint: {args.module} has no set_grad_checkpointing(enable) method; "
-                        "add one (see networks/DAEFormer.py) or drop the flag")
+        raise UserError(
+            f"--use-checkpoint: {args.module} has no set_grad_checkpointing(enable) method; "
+            "add one (see networks/DAEFormer.py) or drop the flag"
+        )
     step_batch = args.batch_size * args.accumulation_steps
     lr = scaled_lr(args.base_lr, step_batch, args.lr_batch_rule)
     if lr != args.base_lr:
-        notes.append(f"lr {lr:.6g} = --base_lr {args.base_lr} * batch {step_batch} / {REFERENCE_BATCH}: the published "
-                     f"code's rule for batches divisible by {REFERENCE_BATCH_DIVISOR}; --lr_batch_rule off keeps --base_lr")
+        notes.append(
+            f"lr {lr:.6g} = --base_lr {args.base_lr} * batch {step_batch} / {REFERENCE_BATCH}: the published "
+            f"code's rule for batches divisible by {REFERENCE_BATCH_DIVISOR}; --lr_batch_rule off keeps --base_lr"
+        )
     if args.n_gpu and args.n_gpu > 1 and "WORLD_SIZE" not in os.environ:
-        notes.append(f"--n_gpu {args.n_gpu} is not how this script uses several GPUs; run "
-                     f"torchrun --nproc_per_node {args.n_gpu} train.py ... (this run uses one device)")
+        notes.append(
+            f"--n_gpu {args.n_gpu} is not how this script uses several GPUs; run "
+            f"torchrun --nproc_per_node {args.n_gpu} train.py ... (this run uses one device)"
+        )
     train_list = Path(filled["list_dir"]) / info.train_list
     train_list_sha256 = hashlib.sha256(train_list.read_bytes()).hexdigest() if train_list.is_file() else None
     config = RunConfig(
-        dataset=args.dataset, kind=info.kind, root_path=filled["root_path"], test_path=filled["test_path"],
-        list_dir=filled["list_dir"], train_list_sha256=train_list_sha256, num_classes=num_classes, class_names=tuple(class_names(info, num_classes)),
-        img_size=args.img_size, augment=args.augment, val_cases=args.val_cases, num_workers=args.num_workers,
-        module=args.module, model_kwargs=model_kwargs, model_name=args.model_name or args.module.rpartition(".")[2],
-        use_checkpoint=args.use_checkpoint, max_epochs=args.max_epochs, max_iterations=args.max_iterations,
-        batch_size=args.batch_size, accumulation_steps=args.accumulation_steps, base_lr=args.base_lr, lr=lr,
-        lr_batch_rule=args.lr_batch_rule, ce_weight=args.ce_weight, dice_weight=args.dice_weight, seed=args.seed,
-        deterministic=bool(args.deterministic), output_dir=args.output_dir, eval_interval=args.eval_interval,
-        eval_batch_size=args.eval_batch_size, eval_workers=args.eval_workers, device=args.device, amp=args.amp,
-        compile=args.compile, resume=args.resume, resume_accept_changes=args.resume_accept_changes,
-        overwrite=args.overwrite, dist_timeout=args.dist_timeout,
+        dataset=args.dataset,
+        kind=info.kind,
+        root_path=filled["root_path"],
+        test_path=filled["test_path"],
+        list_dir=filled["list_dir"],
+        train_list_sha256=train_list_sha256,
+        num_classes=num_classes,
+        class_names=tuple(class_names(info, num_classes)),
+        img_size=args.img_size,
+        augment=args.augment,
+        val_cases=args.val_cases,
+        num_workers=args.num_workers,
+        module=args.module,
+        model_kwargs=model_kwargs,
+        model_name=args.model_name or args.module.rpartition(".")[2],
+        use_checkpoint=args.use_checkpoint,
+        max_epochs=args.max_epochs,
+        max_iterations=args.max_iterations,
+        batch_size=args.batch_size,
+        accumulation_steps=args.accumulation_steps,
+        base_lr=args.base_lr,
+        lr=lr,
+        lr_batch_rule=args.lr_batch_rule,
+        ce_weight=args.ce_weight,
+        dice_weight=args.dice_weight,
+        seed=args.seed,
+        deterministic=bool(args.deterministic),
+        output_dir=args.output_dir,
+        eval_interval=args.eval_interval,
+        eval_batch_size=args.eval_batch_size,
+        eval_workers=args.eval_workers,
+        device=args.device,
+        amp=args.amp,
+        compile=args.compile,
+        resume=args.resume,
+        resume_accept_changes=args.resume_accept_changes,
+        overwrite=args.overwrite,
+        dist_timeout=args.dist_timeout,
     )
     return config, notes
 
@@ -413,10 +518,15 @@ class TrainState:
         return payload
 
 
-def changed_settings(saved: dict[str, Any], config: RunConfig) -> list[str]:
-    """'flag old -> new' for every run-defining setting that differs from the checkpoint's."""
+def changed_settings(payload: dict[str, Any], config: RunConfig) -> list[str]:
+    """'flag old -> new' for every run-defining setting that differs from the checkpoint's.
+
+    The network comes from the checkpoint's own ``module`` / ``model_kwargs`` fields; a setting
+    an older checkpoint did not record is not compared.
+    """
+    saved = {**payload["args"], "module": payload["module"], "model_kwargs": payload["model_kwargs"]}
     now = config.to_json()
-    return [f"{name} {saved.get(name)!r} -> {now[name]!r}" for name in RUN_DEFINING if saved.get(name) != now[name]]
+    return [f"{name} {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING if name in saved and saved[name] != now[name]]
 
 
 def resume(state: TrainState, path: Path, config: RunConfig, rank: int, max_iterations: int) -> None:
@@ -427,10 +537,12 @@ def resume(state: TrainState, path: Path, config: RunConfig, rank: int, max_iter
     if payload.get("format") != FORMAT:
         raise UserError(f"--resume {path} is not a training checkpoint of this repository (a plain state dict?)")
     saved = payload["args"]
-    changes = changed_settings(saved, config)
+    changes = changed_settings(payload, config)
     if changes and not config.resume_accept_changes:
-        raise UserError(f"--resume {path} was trained with other settings: {'; '.join(changes)}; give the same flags, "
-                        "or --resume_accept_changes to continue anyway")
+        raise UserError(
+            f"--resume {path} was trained with other settings: {'; '.join(changes)}; give the same flags, "
+            "or --resume_accept_changes to continue anyway"
+        )
     for change in changes:
         logger.warning("resuming with a changed setting (--resume_accept_changes): %s", change)
     load_weights(unwrap(state.model), payload["model"], path)
@@ -452,9 +564,13 @@ def resume(state: TrainState, path: Path, config: RunConfig, rank: int, max_iter
         state.scheduler.total_iters = max_iterations
         for group in state.optimizer.param_groups:
             group["lr"] = poly_lr(group["initial_lr"], state.iteration, max_iterations)
-        logger.warning("the run now has %d iterations in all (the checkpoint planned %d): the poly schedule continues "
-                       "as if planned so from the start, at lr %.3e", max_iterations, payload["scheduler"]["total_iters"],
-                       state.optimizer.param_groups[0]["lr"])
+        logger.warning(
+            "the run now has %d iterations in all (the checkpoint planned %d): the poly schedule continues "
+            "as if planned so from the start, at lr %.3e",
+            max_iterations,
+            payload["scheduler"]["total_iters"],
+            state.optimizer.param_groups[0]["lr"],
+        )
     where = f"inside epoch {state.epoch} after {state.batches_done} batches" if within else f"at epoch {state.epoch}"
     logger.info("resumed run %s from %s %s, iteration %d", state.run_id, path, where, state.iteration)
 
@@ -473,8 +589,16 @@ def check_finite(losses: StepLosses, epoch: int, iteration: int, output_dir: Pat
         )
 
 
-def train_one_epoch(state: TrainState, loader: DataLoader, criterion: CEDiceLoss, config: RunConfig, device: torch.device,
-                    max_iterations: int, writer: SummaryWriter | None, stop: StopSignal) -> tuple[StepLosses | None, dict, bool]:
+def train_one_epoch(
+    state: TrainState,
+    loader: DataLoader,
+    criterion: CEDiceLoss,
+    config: RunConfig,
+    device: torch.device,
+    max_iterations: int,
+    writer: SummaryWriter | None,
+    stop: StopSignal,
+) -> tuple[StepLosses | None, dict, bool]:
     """One pass over the loader from batch ``state.batches_done``, one optimisation step per
     ``accumulation_steps`` batches.
 
@@ -501,8 +625,11 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: CEDiceLoss
         micro_batches = []
         state.iteration += 1
         state.batches_done = index + 1
-        running = losses if running is None else StepLosses(running.loss + losses.loss, running.ce + losses.ce,
-                                                            running.dice + losses.dice)
+        running = (
+            losses
+            if running is None
+            else StepLosses(running.loss + losses.loss, running.ce + losses.ce, running.dice + losses.dice)
+        )
         steps += 1
         done = state.iteration >= max_iterations
         stopping = not done and stop.requested(device)
@@ -536,8 +663,15 @@ def case_names(cases: Any) -> list[str]:
     return list(cases.names) if hasattr(cases, "names") else [case["case_name"] for case in cases]
 
 
-def evaluate(evaluator: Evaluator, model: torch.nn.Module, cases: Any, eval_kind: str, state: TrainState,
-             config: RunConfig, writer: SummaryWriter | None) -> EvalResult | None:
+def evaluate(
+    evaluator: Evaluator,
+    model: torch.nn.Module,
+    cases: Any,
+    eval_kind: str,
+    state: TrainState,
+    config: RunConfig,
+    writer: SummaryWriter | None,
+) -> EvalResult | None:
     """The periodic evaluation with the engine test.py uses. Under torchrun every process
     evaluates its share of the cases and rank 0 gathers the scores, so no process idles in a
     collective while another evaluates. Rank 0 logs the result, writes it to eval/epoch_{N}/ and
@@ -558,8 +692,11 @@ def evaluate(evaluator: Evaluator, model: torch.nn.Module, cases: Any, eval_kind
     result.write(Path(config.output_dir) / EVAL_FOLDER / f"epoch_{state.epoch}")
     result.add_to(writer, eval_kind, state.iteration)
     example = result.example
-    writer.add_image(f"{eval_kind}/image_truth_prediction",
-                     panel(example["image"], example["prediction"], example["label"], config.num_classes), state.iteration)
+    writer.add_image(
+        f"{eval_kind}/image_truth_prediction",
+        panel(example["image"], example["prediction"], example["label"], config.num_classes),
+        state.iteration,
+    )
     return result
 
 
@@ -599,8 +736,15 @@ def train(config: RunConfig, notes: list[str]) -> int:
         return run_training(config, notes, device, rank, world_size, checkpoint, stop)
 
 
-def run_training(config: RunConfig, notes: list[str], device: torch.device, rank: int, world_size: int,
-                 checkpoint: Path | None, stop: StopSignal) -> int:
+def run_training(
+    config: RunConfig,
+    notes: list[str],
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    checkpoint: Path | None,
+    stop: StopSignal,
+) -> int:
     main_process = rank == 0
     output_dir = Path(config.output_dir)
     for note in notes:
@@ -616,8 +760,12 @@ def run_training(config: RunConfig, notes: list[str], device: torch.device, rank
     model = build_network(config.module, config.model_kwargs).to(device)
     if config.use_checkpoint:
         model.set_grad_checkpointing(True)
-    logger.info("%s(%s): %.2fM parameters", config.module.rpartition(".")[2],
-                ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items()), sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info(
+        "%s(%s): %.2fM parameters",
+        config.module.rpartition(".")[2],
+        ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items()),
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
 
     train_set, eval_cases, eval_kind = make_datasets(config, rank)
     validate_cases(eval_cases, eval_kind)
@@ -625,8 +773,12 @@ def run_training(config: RunConfig, notes: list[str], device: torch.device, rank
     torch.manual_seed(config.seed + rank)
     sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if world_size > 1 else None
     loader = DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda",
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
         # On a GPU, re-spawning the workers every epoch costs more than a bitwise-exact resume is
         # worth there (GPU kernels are not bitwise reproducible anyway); on a CPU the workers
         # restart each epoch from the checkpointed random streams, so a resume is exact.
@@ -634,23 +786,39 @@ def run_training(config: RunConfig, notes: list[str], device: torch.device, rank
     )
     iterations_per_epoch = len(loader) // config.accumulation_steps
     if iterations_per_epoch == 0:
-        raise UserError(f"--batch_size {config.batch_size} x --accumulation-steps {config.accumulation_steps} is more "
-                        f"than the {len(train_set)} training slices of one process; lower one of them")
+        raise UserError(
+            f"--batch_size {config.batch_size} x --accumulation-steps {config.accumulation_steps} is more "
+            f"than the {len(train_set)} training slices of one process; lower one of them"
+        )
     max_iterations = config.max_epochs * iterations_per_epoch
     if config.max_iterations is not None and config.max_iterations < max_iterations:
         max_iterations = config.max_iterations
     last_epoch = math.ceil(max_iterations / iterations_per_epoch) - 1
     unit = "image" if config.kind == IMAGES else "volume"
-    logger.info("%d training %s, %d iterations per epoch, %d iterations in all; evaluation on %d %s %s(s)",
-                len(train_set), "images" if unit == "image" else "slices", iterations_per_epoch, max_iterations,
-                len(eval_cases), eval_kind, unit)
+    logger.info(
+        "%d training %s, %d iterations per epoch, %d iterations in all; evaluation on %d %s %s(s)",
+        len(train_set),
+        "images" if unit == "image" else "slices",
+        iterations_per_epoch,
+        max_iterations,
+        len(eval_cases),
+        eval_kind,
+        unit,
+    )
     if eval_kind == "test":
-        logger.info("evaluating on the TEST volumes, as the published code does (no held-out validation; "
-                    "--val_cases K holds out K training cases instead); best.pth is only written with --val_cases")
+        logger.info(
+            "evaluating on the TEST volumes, as the published code does (no held-out validation; "
+            "--val_cases K holds out K training cases instead); best.pth is only written with --val_cases"
+        )
 
     optimizer = build_optimizer(model, config.lr)
-    state = TrainState(model, optimizer, build_scheduler(optimizer, max_iterations),
-                       torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"), run_id=new_run_id())
+    state = TrainState(
+        model,
+        optimizer,
+        build_scheduler(optimizer, max_iterations),
+        torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
+        run_id=new_run_id(),
+    )
     if checkpoint is not None:
         resume(state, checkpoint, config, rank, max_iterations)
     if main_process:
@@ -661,21 +829,51 @@ def run_training(config: RunConfig, notes: list[str], device: torch.device, rank
     if config.compile:
         state.model = torch.compile(state.model)
     criterion = CEDiceLoss(config.ce_weight, config.dice_weight)
-    eval_settings = EvalSettings((config.img_size, config.img_size), config.eval_batch_size or default_batch_size(device),
-                                 device, config.amp, workers=config.eval_workers)
+    eval_settings = EvalSettings(
+        (config.img_size, config.img_size),
+        config.eval_batch_size or default_batch_size(device),
+        device,
+        config.amp,
+        workers=config.eval_workers,
+    )
     evaluator = build_evaluator(dataset_info(config.dataset), config.num_classes, list(config.class_names), eval_settings)
     writer = SummaryWriter(str(output_dir / "tensorboard")) if main_process else None
     try:
-        return epochs(state, config, loader, sampler, criterion, evaluator, eval_cases, eval_kind, device, writer,
-                      max_iterations, last_epoch, stop)
+        return epochs(
+            state,
+            config,
+            loader,
+            sampler,
+            criterion,
+            evaluator,
+            eval_cases,
+            eval_kind,
+            device,
+            writer,
+            max_iterations,
+            last_epoch,
+            stop,
+        )
     finally:
         if writer is not None:
             writer.close()
 
 
-def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: DistributedSampler | None,
-           criterion: CEDiceLoss, evaluator: Evaluator, eval_cases: Any, eval_kind: str, device: torch.device,
-           writer: SummaryWriter | None, max_iterations: int, last_epoch: int, stop: StopSignal) -> int:
+def epochs(
+    state: TrainState,
+    config: RunConfig,
+    loader: DataLoader,
+    sampler: DistributedSampler | None,
+    criterion: CEDiceLoss,
+    evaluator: Evaluator,
+    eval_cases: Any,
+    eval_kind: str,
+    device: torch.device,
+    writer: SummaryWriter | None,
+    max_iterations: int,
+    last_epoch: int,
+    stop: StopSignal,
+) -> int:
     """The epochs from ``state.epoch`` to ``last_epoch``: train, checkpoint, evaluate when due."""
     main_process = writer is not None
     output_dir = Path(config.output_dir)
@@ -692,24 +890,39 @@ def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: Di
         if not finished:
             if main_process:
                 save_checkpoint(output_dir / LAST, state.payload(config, finished_epoch=False))
-            logger.warning("stopped by %s inside epoch %d after iteration %d; %s holds the position: rerun the same "
-                           "command with --resume auto (or --resume %s) to continue", stop.name, epoch, state.iteration,
-                           output_dir / LAST, output_dir / LAST)
+            logger.warning(
+                "stopped by %s inside epoch %d after iteration %d; %s holds the position: rerun the same "
+                "command with --resume auto (or --resume %s) to continue",
+                stop.name,
+                epoch,
+                state.iteration,
+                output_dir / LAST,
+                output_dir / LAST,
+            )
             return stop.exit_code
         state.batches_done = 0
         if losses is not None:
-            logger.info("epoch %d: iteration %d, loss %.4f (ce %.4f, dice %.4f), lr %.3e, %.4f s/iteration", epoch,
-                        state.iteration, losses.loss.item(), losses.ce.item(), losses.dice.item(),
-                        state.optimizer.param_groups[0]["lr"], pace)
+            logger.info(
+                "epoch %d: iteration %d, loss %.4f (ce %.4f, dice %.4f), lr %.3e, %.4f s/iteration",
+                epoch,
+                state.iteration,
+                losses.loss.item(),
+                losses.ce.item(),
+                losses.dice.item(),
+                state.optimizer.param_groups[0]["lr"],
+                pace,
+            )
         if writer is not None and batch:
             network = unwrap(state.model)
             with torch.no_grad():
                 logits = network.eval()(batch["images"][:1])  # eval: a picture must not move BatchNorm statistics
             network.train()
             example = batch["image"][0].float().mean(0).numpy() * 0.5 + 0.5
-            writer.add_image("train/image_truth_prediction",
-                             panel(example, logits[0].argmax(0).cpu().numpy(), batch["label"][0].numpy(), config.num_classes),
-                             state.iteration)
+            writer.add_image(
+                "train/image_truth_prediction",
+                panel(example, logits[0].argmax(0).cpu().numpy(), batch["label"][0].numpy(), config.num_classes),
+                state.iteration,
+            )
         # last.pth first: an evaluation cut short (a kill, a crash) does not lose the epoch.
         payload = state.payload(config) if main_process else None
         if main_process:
@@ -726,13 +939,13 @@ def epochs(state: TrainState, config: RunConfig, loader: DataLoader, sampler: Di
         if dist.is_initialized():
             dist.barrier()
         if stop.requested(device) and epoch < last_epoch:
-            logger.warning("stopped by %s after epoch %d; rerun the same command with --resume auto to continue",
-                           stop.name, epoch)
+            logger.warning(
+                "stopped by %s after epoch %d; rerun the same command with --resume auto to continue", stop.name, epoch
+            )
             return stop.exit_code
     if dist.is_initialized():
         report_replica_agreement(state.model)
-    logger.info("training of run %s finished after %d iterations; checkpoints in %s", state.run_id, state.iteration,
-                output_dir)
+    logger.info("training of run %s finished after %d iterations; checkpoints in %s", state.run_id, state.iteration, output_dir)
     if device.type == "cuda":
         logger.info("peak GPU memory %.2f GiB (tensors)", torch.cuda.max_memory_allocated(device) / 2**30)
     return 0

@@ -22,8 +22,8 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -68,12 +68,10 @@ def time_pass(dataset: SynapseSlices) -> tuple[int, float]:
     return len(dataset), seconds
 
 
-def run(slices: int, size: int, img_size: int, augmentations: Sequence[str], repeats: int,
-        seed: int) -> list[dict]:
+def run(slices: int, size: int, img_size: int, augmentations: Sequence[str], repeats: int, seed: int) -> list[dict]:
     """Both pipelines per augmentation; one dict per augmentation with ``slices`` (read per
     pass) and the best ``published_s`` / ``ours_s`` seconds per pass."""
-    for flag, value in (("--slices", slices), ("--size", size), ("--img_size", img_size),
-                        ("--repeats", repeats)):
+    for flag, value in (("--slices", slices), ("--size", size), ("--img_size", img_size), ("--repeats", repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     unknown = [name for name in augmentations if name not in AUGMENTATIONS]
@@ -85,8 +83,9 @@ def run(slices: int, size: int, img_size: int, augmentations: Sequence[str], rep
         for name in augmentations:
             row = {"augment": name}
             for key, augment_first in (("published", True), ("ours", False)):
-                dataset = SynapseSlices(folder, list_file, NUM_CLASSES, (img_size, img_size),
-                                        augment=name, augment_first=augment_first)
+                dataset = SynapseSlices(
+                    folder, list_file, NUM_CLASSES, (img_size, img_size), augment=name, augment_first=augment_first
+                )
                 torch.manual_seed(seed)
                 passes = [time_pass(dataset) for _ in range(repeats)]
                 row["slices"] = passes[0][0]
@@ -96,14 +95,16 @@ def run(slices: int, size: int, img_size: int, augmentations: Sequence[str], rep
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=DEFAULT_SLICES, help="slices per pass (40)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="stored slice size (512)")
     parser.add_argument("--img_size", type=int, default=DEFAULT_IMG_SIZE, help="network size")
-    parser.add_argument("--augment", nargs="+", default=list(AUGMENTATIONS),
-                        help=f"augmentations to time (default all: {' '.join(AUGMENTATIONS)})")
+    parser.add_argument(
+        "--augment",
+        nargs="+",
+        default=list(AUGMENTATIONS),
+        help=f"augmentations to time (default all: {' '.join(AUGMENTATIONS)})",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="passes per pipeline (best of)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="phantom and draws seed")
     return parser
@@ -116,14 +117,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run(args.slices, args.size, args.img_size, args.augment, args.repeats, args.seed)
     except ValueError as error:
         raise SystemExit(str(error)) from error
-    print(f"{args.slices} phantom slices {args.size} -> {args.img_size}, one process, "
-          f"{WORKER_THREADS} torch thread, {cpu_name()}; best of {args.repeats}")
-    print(markdown_table(
-        ["--augment", "published slices / s", "ours slices / s", "speed-up"],
-        [[row["augment"], f"{row['slices'] / row['published_s']:.1f}",
-          f"{row['slices'] / row['ours_s']:.1f}", f"{row['published_s'] / row['ours_s']:.2f}x"]
-         for row in rows],
-    ))
+    print(
+        f"{args.slices} phantom slices {args.size} -> {args.img_size}, one process, "
+        f"{WORKER_THREADS} torch thread, {cpu_name()}; best of {args.repeats}"
+    )
+    print(
+        markdown_table(
+            ["--augment", "published slices / s", "ours slices / s", "speed-up"],
+            [
+                [
+                    row["augment"],
+                    f"{row['slices'] / row['published_s']:.1f}",
+                    f"{row['slices'] / row['ours_s']:.1f}",
+                    f"{row['published_s'] / row['ours_s']:.2f}x",
+                ]
+                for row in rows
+            ],
+        )
+    )
     return 0
 
 

@@ -78,18 +78,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("metrics (8 organs)", metrics["medpy_s"], metrics["ours_s"]),
         ("end to end", naive_inference_s + metrics["medpy_s"], ours_inference_s + metrics["ours_s"]),
     ]
-    print(f"one {args.depth}x{args.size}x{args.size} volume, {args.module} at {args.img_size}, "
-          f"{cpu_name()}, {args.threads} threads; naive = 1 slice at a time + medpy, ours = batch {args.batch_size} + utils.metrics")
-    print(markdown_table(["stage", "naive s", "ours s", "speed-up"],
-                         [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in stages]))
+    print(
+        f"one {args.depth}x{args.size}x{args.size} volume, {args.module} at {args.img_size}, "
+        f"{cpu_name()}, {args.threads} threads; naive = 1 slice at a time + medpy, ours = batch {args.batch_size} + utils.metrics"
+    )
+    print(
+        markdown_table(
+            ["stage", "naive s", "ours s", "speed-up"], [[name, f"{a:.2f}", f"{b:.2f}", f"{a / b:.1f}x"] for name, a, b in stages]
+        )
+    )
     # Batched float32 products round differently from single-slice ones (~1e-6 in the logits),
     # which can flip the argmax where two classes are tied to that precision.
-    print(f"voxels labelled differently by the two paths: {differing} of {naive.size}; "
-          f"metric values equal to 1e-9: {metrics['agree']}")
+    print(
+        f"voxels labelled differently by the two paths: {differing} of {naive.size}; "
+        f"metric values equal to 1e-9: {metrics['agree']}"
+    )
     if args.json:
         with open(args.json, "w") as stream:
-            json.dump({"args": vars(args), "differing_voxels": differing, "metrics_agree": metrics["agree"],
-                       "stages": [{"stage": n, "naive_s": a, "ours_s": b} for n, a, b in stages]}, stream, indent=2)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "differing_voxels": differing,
+                    "metrics_agree": metrics["agree"],
+                    "stages": [{"stage": n, "naive_s": a, "ours_s": b} for n, a, b in stages],
+                },
+                stream,
+                indent=2,
+            )
     return 0 if metrics["agree"] else 1
 
 

@@ -49,12 +49,38 @@ PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
 def sizes(small: bool) -> dict:
     """What is measured: the published sizes, or a configuration a CPU runs in about a minute."""
     if small:
-        return dict(module="networks.UNet.UNet", model_kwargs={"base_channels": 4, "depth": 2}, img_size=32, batch=4,
-                    slice_size=64, train_cases=2, test_cases=2, min_slices=6, max_slices=8, variants=("fp32",),
-                    amp="off", compile=False, iterations=12, workers=0)
-    return dict(module=DAEFORMER, model_kwargs={}, img_size=224, batch=24, slice_size=512, train_cases=4,
-                test_cases=12, min_slices=85, max_slices=198, variants=("fp32", "bf16", "bf16+compile"), amp="bf16",
-                compile=True, iterations=300, workers=12)
+        return dict(
+            module="networks.UNet.UNet",
+            model_kwargs={"base_channels": 4, "depth": 2},
+            img_size=32,
+            batch=4,
+            slice_size=64,
+            train_cases=2,
+            test_cases=2,
+            min_slices=6,
+            max_slices=8,
+            variants=("fp32",),
+            amp="off",
+            compile=False,
+            iterations=12,
+            workers=0,
+        )
+    return dict(
+        module=DAEFORMER,
+        model_kwargs={},
+        img_size=224,
+        batch=24,
+        slice_size=512,
+        train_cases=4,
+        test_cases=12,
+        min_slices=85,
+        max_slices=198,
+        variants=("fp32", "bf16", "bf16+compile"),
+        amp="bf16",
+        compile=True,
+        iterations=300,
+        workers=12,
+    )
 
 
 def run_script(script: str, argv: list[str]) -> float:
@@ -70,35 +96,89 @@ def run_script(script: str, argv: list[str]) -> float:
 def step_times(plan: dict, device: torch.device, threads: int) -> list[dict]:
     rows = []
     for variant in plan["variants"]:
-        kwargs = dict(module=plan["module"], kwargs={"num_classes": 9, **plan["model_kwargs"]}, batch=plan["batch"],
-                      img_size=plan["img_size"], variant=variant)
+        kwargs = dict(
+            module=plan["module"],
+            kwargs={"num_classes": 9, **plan["model_kwargs"]},
+            batch=plan["batch"],
+            img_size=plan["img_size"],
+            variant=variant,
+        )
         measured = run_in_fresh_process(measure_step, make_train_step, kwargs, str(device), threads, 3, 10)
-        rows.append({"variant": variant, "s_per_step": measured.median_s, "peak_gib": measured.peak_bytes / 2**30,
-                     "memory_kind": measured.memory_kind})
+        rows.append(
+            {
+                "variant": variant,
+                "s_per_step": measured.median_s,
+                "peak_gib": measured.peak_bytes / 2**30,
+                "memory_kind": measured.memory_kind,
+            }
+        )
     return rows
 
 
 def train_loop(plan: dict, data: dict, run: Path, device: torch.device, per_epoch: int) -> dict:
     """train.py for ``plan['iterations']`` iterations, evaluating the test volumes once at the end."""
     epochs = -(-plan["iterations"] // per_epoch)
-    argv = ["--root_path", str(data["train_dir"]), "--test_path", str(data["test_dir"]), "--list_dir",
-            str(data["train_list"].parent), "--output_dir", str(run), "--module", plan["module"], "--model_kwargs",
-            json.dumps(plan["model_kwargs"]), "--img_size", str(plan["img_size"]), "--batch_size", str(plan["batch"]),
-            "--max_iterations", str(plan["iterations"]), "--max_epochs", str(epochs), "--eval_interval", str(epochs),
-            "--num_workers", str(plan["workers"]), "--device", device.type, "--amp", plan["amp"], "--lr_batch_rule", "off"]
+    argv = [
+        "--root_path",
+        str(data["train_dir"]),
+        "--test_path",
+        str(data["test_dir"]),
+        "--list_dir",
+        str(data["train_list"].parent),
+        "--output_dir",
+        str(run),
+        "--module",
+        plan["module"],
+        "--model_kwargs",
+        json.dumps(plan["model_kwargs"]),
+        "--img_size",
+        str(plan["img_size"]),
+        "--batch_size",
+        str(plan["batch"]),
+        "--max_iterations",
+        str(plan["iterations"]),
+        "--max_epochs",
+        str(epochs),
+        "--eval_interval",
+        str(epochs),
+        "--num_workers",
+        str(plan["workers"]),
+        "--device",
+        device.type,
+        "--amp",
+        plan["amp"],
+        "--lr_batch_rule",
+        "off",
+    ]
     if plan["compile"]:
         argv.append("--compile")
     wall = run_script("train.py", argv)
     log = (run / "log.txt").read_text()
     paces = [float(p) for e, p in PACE.findall(log) if int(e) > 0] or [float(p) for _, p in PACE.findall(log)]
-    return {"s_per_iteration": sorted(paces)[len(paces) // 2], "wall_s": wall,
-            "eval_s": float(EVAL_TIME.findall(log)[-1]),
-            "peak_gib": float(PEAK.findall(log)[-1]) if PEAK.findall(log) else None}
+    return {
+        "s_per_iteration": sorted(paces)[len(paces) // 2],
+        "wall_s": wall,
+        "eval_s": float(EVAL_TIME.findall(log)[-1]),
+        "peak_gib": float(PEAK.findall(log)[-1]) if PEAK.findall(log) else None,
+    }
 
 
 def test_script(plan: dict, data: dict, run: Path) -> float:
-    return run_script("test.py", ["--output_dir", str(run), "--volume_path", str(data["out_dir"]), "--list_dir",
-                                  str(data["train_list"].parent), "--amp", plan["amp"], "--ckpt", str(run / "last.pth")])
+    return run_script(
+        "test.py",
+        [
+            "--output_dir",
+            str(run),
+            "--volume_path",
+            str(data["out_dir"]),
+            "--list_dir",
+            str(data["train_list"].parent),
+            "--amp",
+            plan["amp"],
+            "--ckpt",
+            str(run / "last.pth"),
+        ],
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,30 +203,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
-        data = generate_dataset(work / "phantom", seed=5, size=plan["slice_size"], train_cases=plan["train_cases"],
-                                test_cases=plan["test_cases"], min_slices=plan["min_slices"], max_slices=plan["max_slices"],
-                                overwrite=True)
+        data = generate_dataset(
+            work / "phantom",
+            seed=5,
+            size=plan["slice_size"],
+            train_cases=plan["train_cases"],
+            test_cases=plan["test_cases"],
+            min_slices=plan["min_slices"],
+            max_slices=plan["max_slices"],
+            overwrite=True,
+        )
         per_epoch = data["num_train_slices"] // plan["batch"]
         steps = step_times(plan, device, args.threads)
         loop = train_loop(plan, data, work / "run", device, per_epoch)
         test_s = test_script(plan, data, work / "run")
     compiled = next((s for s in steps if s["variant"] == ("bf16+compile" if plan["compile"] else plan["variants"][0])), steps[0])
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
-    rows = [[f"train_step, {s['variant']}", f"{s['s_per_step']:.4f} s/step", f"{plan['batch'] / s['s_per_step']:.0f} slices/s",
-             f"{s['peak_gib']:.1f} GiB ({s['memory_kind']})"] for s in steps]
-    rows.append([f"train.py loop, {plan['amp']}{' + compile' if plan['compile'] else ''}, {plan['slice_size']}px slices",
-                 f"{loop['s_per_iteration']:.4f} s/iteration",
-                 f"{loop['s_per_iteration'] / compiled['s_per_step']:.2f}x the step",
-                 "" if loop["peak_gib"] is None else f"{loop['peak_gib']:.1f} GiB"])
-    rows.append(["published recipe, projected", f"{PUBLISHED_ITERATIONS * loop['s_per_iteration'] / 60:.1f} min",
-                 f"{PUBLISHED_ITERATIONS:,} iterations", ""])
+    rows = [
+        [
+            f"train_step, {s['variant']}",
+            f"{s['s_per_step']:.4f} s/step",
+            f"{plan['batch'] / s['s_per_step']:.0f} slices/s",
+            f"{s['peak_gib']:.1f} GiB ({s['memory_kind']})",
+        ]
+        for s in steps
+    ]
+    rows.append(
+        [
+            f"train.py loop, {plan['amp']}{' + compile' if plan['compile'] else ''}, {plan['slice_size']}px slices",
+            f"{loop['s_per_iteration']:.4f} s/iteration",
+            f"{loop['s_per_iteration'] / compiled['s_per_step']:.2f}x the step",
+            "" if loop["peak_gib"] is None else f"{loop['peak_gib']:.1f} GiB",
+        ]
+    )
+    rows.append(
+        [
+            "published recipe, projected",
+            f"{PUBLISHED_ITERATIONS * loop['s_per_iteration'] / 60:.1f} min",
+            f"{PUBLISHED_ITERATIONS:,} iterations",
+            "",
+        ]
+    )
     rows.append([f"test.py, {plan['test_cases']} volumes of {data['num_test_slices']} slices", f"{test_s:.1f} s", "", ""])
     rows.append([f"train.py's evaluation of the same {plan['test_cases']} volumes", f"{loop['eval_s']:.1f} s", "", ""])
     print(f"{plan['module']} at {plan['img_size']}, batch {plan['batch']}, on {where}, torch {torch.__version__}")
     print(markdown_table(["what", "time", "rate / ratio", "peak memory"], rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": where, "plan": plan, "steps": steps, "loop": loop,
-                                               "test_s": test_s}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"device": where, "plan": plan, "steps": steps, "loop": loop, "test_s": test_s}, indent=2) + "\n"
+        )
     return 0
 
 

@@ -82,9 +82,7 @@ SPECKS: tuple[tuple[int, tuple[int, int, int], tuple[int, int, int]], ...] = (
 )
 
 
-def make_case(
-    depth: int = SYNAPSE_DEPTH, size: int = SYNAPSE_SIZE, seed: int = DEFAULT_SEED
-) -> tuple[np.ndarray, np.ndarray]:
+def make_case(depth: int = SYNAPSE_DEPTH, size: int = SYNAPSE_SIZE, seed: int = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic (prediction, reference) label pair, uint8 arrays of shape (depth, size, size)."""
     if depth < 16 or size < 32:
         raise ValueError(f"depth must be >= 16 and size >= 32, got depth={depth}, size={size}")
@@ -119,30 +117,20 @@ def _organ_mask(
     centre = np.asarray(organ.centre) * scale
     radii = np.maximum(np.asarray(organ.radii) * scale, 1.0)
     reach = radii * (1.0 + WOBBLE) + 1
-    box = tuple(
-        slice(max(int(c - r), 0), min(int(c + r) + 1, n)) for c, r, n in zip(centre, reach, shape)
-    )
+    box = tuple(slice(max(int(c - r), 0), min(int(c + r) + 1, n)) for c, r, n in zip(centre, reach, shape))
     grids = np.ogrid[box]
     phases = rng.uniform(0.0, 2.0 * np.pi, size=len(grids))
     frequencies = rng.uniform(1.5, 3.0, size=len(grids))
     radius_sq = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii))
-    wobble = sum(
-        np.sin(f * (g - c) / r + p)
-        for g, c, r, f, p in zip(grids, centre, radii, frequencies, phases)
-    )
+    wobble = sum(np.sin(f * (g - c) / r + p) for g, c, r, f, p in zip(grids, centre, radii, frequencies, phases))
     return box, radius_sq + WOBBLE * wobble / len(grids) <= 1.0
 
 
 def _grown_box(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(
-        slice(max(s.start - EDIT_MARGIN, 0), min(s.stop + EDIT_MARGIN, n))
-        for s, n in zip(box, shape)
-    )
+    return tuple(slice(max(s.start - EDIT_MARGIN, 0), min(s.stop + EDIT_MARGIN, n)) for s, n in zip(box, shape))
 
 
-def _perturbed(
-    mask: np.ndarray, shift: tuple[int, ...], grow: int, trim_slices: int
-) -> np.ndarray:
+def _perturbed(mask: np.ndarray, shift: tuple[int, ...], grow: int, trim_slices: int) -> np.ndarray:
     """A predicted copy of an organ mask: shifted, dilated or eroded, and trimmed (see Organ)."""
     moved = np.zeros_like(mask)
     source = tuple(slice(max(-d, 0), n - max(d, 0)) for d, n in zip(shift, mask.shape))
@@ -208,12 +196,8 @@ def time_metrics(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     prediction, reference = make_case(depth, size, seed)
-    medpy_s, medpy_cpu_s, medpy_scores = _best_time(
-        lambda: medpy_metrics(prediction, reference, NUM_CLASSES), repeats
-    )
-    ours_s, ours_cpu_s, our_scores = _best_time(
-        lambda: metrics_for_classes(prediction, reference, NUM_CLASSES), repeats
-    )
+    medpy_s, medpy_cpu_s, medpy_scores = _best_time(lambda: medpy_metrics(prediction, reference, NUM_CLASSES), repeats)
+    ours_s, ours_cpu_s, our_scores = _best_time(lambda: metrics_for_classes(prediction, reference, NUM_CLASSES), repeats)
     difference = np.abs(our_scores - medpy_scores)
     relative = difference / np.maximum(np.abs(medpy_scores), np.finfo(np.float64).tiny)
     return {
@@ -235,9 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=SYNAPSE_DEPTH, help="slices (default 148)")
     parser.add_argument("--size", type=int, default=SYNAPSE_SIZE, help="in-plane size (512)")
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="timed runs of each implementation, best kept"
-    )
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each implementation, best kept")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="organ-shape seed")
     return parser
 

@@ -465,9 +465,7 @@ def format_report(result: dict[str, Any]) -> str:
     for net in networks:
         missing = net["parameters"]["without_gradient"]
         if missing:
-            lines.append(
-                f"{net['name']}: {len(missing)} trainable tensors got no gradient, e.g. {', '.join(missing[:3])}"
-            )
+            lines.append(f"{net['name']}: {len(missing)} trainable tensors got no gradient, e.g. {', '.join(missing[:3])}")
     return "\n".join(lines)
 
 
@@ -513,21 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes to time (default 1 8)",
     )
     parser.add_argument("--device", choices=DEVICES, default=None, help="default: cuda when torch sees a GPU, else cpu")
-    parser.add_argument(
-        "--amp", choices=tuple(AMP_DTYPES), default="off", help="autocast dtype of the timed steps (default off)"
-    )
-    parser.add_argument(
-        "--repeats", type=_integer_at_least("--repeats"), default=DEFAULT_REPEATS, help="timed steps (default 3)"
-    )
+    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="off", help="autocast dtype of the timed steps (default off)")
+    parser.add_argument("--repeats", type=_integer_at_least("--repeats"), default=DEFAULT_REPEATS, help="timed steps (default 3)")
     parser.add_argument(
         "--warmup",
         type=_integer_at_least("--warmup", minimum=0),
         default=None,
         help="untimed steps first (default 1 on cpu, 3 on cuda)",
     )
-    parser.add_argument(
-        "--threads", type=_integer_at_least("--threads"), default=DEFAULT_THREADS, help="CPU threads (default 2)"
-    )
+    parser.add_argument("--threads", type=_integer_at_least("--threads"), default=DEFAULT_THREADS, help="CPU threads (default 2)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     return parser
 

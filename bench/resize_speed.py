@@ -24,8 +24,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -79,18 +79,19 @@ def scipy_path(model: torch.nn.Module, volume: np.ndarray, img_size: int) -> np.
 
 
 @torch.inference_mode()
-def torch_path(model: torch.nn.Module, volume: np.ndarray, img_size: int, batch_size: int,
-               compute_dtype: torch.dtype) -> np.ndarray:
+def torch_path(
+    model: torch.nn.Module, volume: np.ndarray, img_size: int, batch_size: int, compute_dtype: torch.dtype
+) -> np.ndarray:
     """The batched path with the zoom products in ``compute_dtype``: (D, H, W) float32 -> (D, H, W)
     int64 labels, ``batch_size`` at a time -- float32 shows what the cheaper arithmetic would
     change; the evaluation itself (``predict_volume``, timed beside it) keeps float64."""
     stack = torch.from_numpy(volume)
     labels = torch.empty(volume.shape, dtype=torch.int64)
     for start in range(0, len(stack), batch_size):
-        chunk = stack[start:start + batch_size]
+        chunk = stack[start : start + batch_size]
         x = (zoom_images(chunk, (img_size, img_size), compute_dtype) - IMAGE_MEAN) / IMAGE_STD
         prediction = model(x.unsqueeze(1)).argmax(dim=1)
-        labels[start:start + batch_size] = resize_labels(prediction, volume.shape[1:])
+        labels[start : start + batch_size] = resize_labels(prediction, volume.shape[1:])
     return labels.numpy()
 
 
@@ -106,39 +107,48 @@ def median_seconds(function: Callable[[], np.ndarray], repeats: int) -> tuple[fl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="slices (default 100)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="in-plane size (512)")
     parser.add_argument("--img_size", type=int, default=DEFAULT_IMG_SIZE, help="network size")
-    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH,
-                        help="slices per batch on the torch path (default 16)")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH, help="slices per batch on the torch path (default 16)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (median)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="phantom and weights seed")
     return parser
 
 
-def run(depth: int, size: int, img_size: int, batch_size: int, repeats: int, seed: int
-        ) -> list[dict]:
+def run(depth: int, size: int, img_size: int, batch_size: int, repeats: int, seed: int) -> list[dict]:
     """Time both paths on one phantom volume; one dict per row of the printed table."""
-    for flag, value in (("--depth", depth), ("--size", size), ("--img_size", img_size),
-                        ("--batch_size", batch_size), ("--repeats", repeats)):
+    for flag, value in (
+        ("--depth", depth),
+        ("--size", size),
+        ("--img_size", img_size),
+        ("--batch_size", batch_size),
+        ("--repeats", repeats),
+    ):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     volume, _ = make_case(np.random.default_rng(seed), size, depth)
     model = FixedNetwork(seed).eval()
     scipy_s, reference = median_seconds(lambda: scipy_path(model, volume, img_size), repeats)
     rows = [{"path": "scipy, one slice at a time", "seconds": scipy_s, "differing": 0}]
-    seconds, labels = median_seconds(
-        lambda: predict_volume(model, volume, (img_size, img_size), batch_size, "cpu"), repeats)
-    rows.append({"path": f"utils.inference.predict_volume (the evaluation), batch {batch_size}, float64 products",
-                 "seconds": seconds, "differing": int((labels != reference).sum())})
-    seconds, labels = median_seconds(
-        lambda: torch_path(model, volume, img_size, batch_size, torch.float32), repeats)
-    rows.append({"path": f"torch, batch {batch_size}, float32 products (not used: an option)", "seconds": seconds,
-                 "differing": int((labels != reference).sum())})
+    seconds, labels = median_seconds(lambda: predict_volume(model, volume, (img_size, img_size), batch_size, "cpu"), repeats)
+    rows.append(
+        {
+            "path": f"utils.inference.predict_volume (the evaluation), batch {batch_size}, float64 products",
+            "seconds": seconds,
+            "differing": int((labels != reference).sum()),
+        }
+    )
+    seconds, labels = median_seconds(lambda: torch_path(model, volume, img_size, batch_size, torch.float32), repeats)
+    rows.append(
+        {
+            "path": f"torch, batch {batch_size}, float32 products (not used: an option)",
+            "seconds": seconds,
+            "differing": int((labels != reference).sum()),
+        }
+    )
     return rows
 
 
@@ -153,14 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(str(error)) from error
     baseline = rows[0]["seconds"]
     voxels = args.depth * args.size * args.size
-    print(f"{args.depth} x {args.size} x {args.size} phantom -> {args.img_size} -> back; "
-          f"{cpu_name()}, {args.threads} torch threads of {logical_cpus()} CPUs; "
-          f"median of {args.repeats}")
-    print(markdown_table(
-        ["path", "s / volume", "speed-up", f"labels differing (of {voxels})"],
-        [[row["path"], f"{row['seconds']:.3f}", f"{baseline / row['seconds']:.2f}x",
-          row["differing"]] for row in rows],
-    ))
+    print(
+        f"{args.depth} x {args.size} x {args.size} phantom -> {args.img_size} -> back; "
+        f"{cpu_name()}, {args.threads} torch threads of {logical_cpus()} CPUs; "
+        f"median of {args.repeats}"
+    )
+    print(
+        markdown_table(
+            ["path", "s / volume", "speed-up", f"labels differing (of {voxels})"],
+            [[row["path"], f"{row['seconds']:.3f}", f"{baseline / row['seconds']:.2f}x", row["differing"]] for row in rows],
+        )
+    )
     return 0
 
 

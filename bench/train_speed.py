@@ -37,8 +37,9 @@ VARIANTS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile", "fp32+ckpt",
 NUM_CLASSES = 9
 
 
-def make_train_step(device: torch.device, module: str, kwargs: dict[str, Any], batch: int, img_size: int,
-                    variant: str) -> Callable[[], None]:
+def make_train_step(
+    device: torch.device, module: str, kwargs: dict[str, Any], batch: int, img_size: int, variant: str
+) -> Callable[[], None]:
     """Step factory for bench.common.measure_step: ``utils.training.train_step``, the very
     function train.py runs each iteration, on a fixed random batch."""
     amp, *options = variant.split("+")
@@ -68,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
-    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=VARIANTS,
-                        help="precision / compile variants; the first is the baseline of the ratios")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=VARIANTS,
+        help="precision / compile variants; the first is the baseline of the ratios",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile happens here)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps; the median is reported")
@@ -81,26 +87,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = select_device(args.device or "auto")
-        kwargs = network_arguments(load_network_class(args.module), NUM_CLASSES, args.img_size, **parse_model_kwargs(args.model_kwargs))
+        kwargs = network_arguments(
+            load_network_class(args.module), NUM_CLASSES, args.img_size, **parse_model_kwargs(args.model_kwargs)
+        )
     except ValueError as error:
         print(f"bench.train_speed: error: {error}", file=sys.stderr)
         return 2
     rows, results = [], []
     for variant in args.variants:
         step_kwargs = dict(module=args.module, kwargs=kwargs, batch=args.batch_size, img_size=args.img_size, variant=variant)
-        measured = run_in_fresh_process(measure_step, make_train_step, step_kwargs, str(device), args.threads,
-                                        args.warmup, args.repeats)
-        results.append({"variant": variant, "seconds": measured.seconds, "median_s": measured.median_s,
-                        "slices_per_s": args.batch_size / measured.median_s, "peak_mib": measured.peak_bytes / 2**20,
-                        "memory_kind": measured.memory_kind})
+        measured = run_in_fresh_process(
+            measure_step, make_train_step, step_kwargs, str(device), args.threads, args.warmup, args.repeats
+        )
+        results.append(
+            {
+                "variant": variant,
+                "seconds": measured.seconds,
+                "median_s": measured.median_s,
+                "slices_per_s": args.batch_size / measured.median_s,
+                "peak_mib": measured.peak_bytes / 2**20,
+                "memory_kind": measured.memory_kind,
+            }
+        )
     base = results[0]
     for result in results:
-        rows.append([result["variant"], f"{result['median_s']:.3f}", f"{result['slices_per_s']:.2f}",
-                     f"{base['median_s'] / result['median_s']:.2f}x", f"{result['peak_mib']:.0f}",
-                     f"{result['peak_mib'] / base['peak_mib']:.2f}x"])
+        rows.append(
+            [
+                result["variant"],
+                f"{result['median_s']:.3f}",
+                f"{result['slices_per_s']:.2f}",
+                f"{base['median_s'] / result['median_s']:.2f}x",
+                f"{result['peak_mib']:.0f}",
+                f"{result['peak_mib'] / base['peak_mib']:.2f}x",
+            ]
+        )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
-    print(f"{args.module} training step, batch {args.batch_size}, {args.img_size}x{args.img_size}, {where}; "
-          f"median of {args.repeats}; ratios against {base['variant']} in this run; memory: {base['memory_kind']}")
+    print(
+        f"{args.module} training step, batch {args.batch_size}, {args.img_size}x{args.img_size}, {where}; "
+        f"median of {args.repeats}; ratios against {base['variant']} in this run; memory: {base['memory_kind']}"
+    )
     print(markdown_table(["variant", "s / step", "slices / s", "speed-up", "peak MiB", "memory ratio"], rows))
     if args.json:
         with open(args.json, "w") as stream:

@@ -58,7 +58,8 @@ differently by torch every epoch, so they draw different augmentations, and one 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,9 +125,7 @@ class _DisplacementTransform(v2.Transform):
     """
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(
-            F.elastic, inpt, params["displacement"], interpolation=IMAGE_INTERPOLATION, fill=FILL
-        )
+        return self._call_kernel(F.elastic, inpt, params["displacement"], interpolation=IMAGE_INTERPOLATION, fill=FILL)
 
 
 class RandomScaleXY(_DisplacementTransform):
@@ -180,9 +179,7 @@ class RandomLinearContrast(v2.Transform):
 
     _transformed_types = (tv_tensors.Image,)
 
-    def __init__(
-        self, alpha_range: tuple[float, float] = CONTRAST_RANGE, centre: float = CONTRAST_CENTRE
-    ) -> None:
+    def __init__(self, alpha_range: tuple[float, float] = CONTRAST_RANGE, centre: float = CONTRAST_CENTRE) -> None:
         super().__init__()
         self.alpha_range = alpha_range
         self.centre = centre
@@ -214,8 +211,9 @@ class SomeOf(v2.Transform):
         return outputs
 
 
-def daeformer_transforms(blur_sigma: float = BLUR_SIGMA, blur_kernel: int = BLUR_KERNEL,
-                         noise_std: float = NOISE_STD) -> list[v2.Transform]:
+def daeformer_transforms(
+    blur_sigma: float = BLUR_SIGMA, blur_kernel: int = BLUR_KERNEL, noise_std: float = NOISE_STD
+) -> list[v2.Transform]:
     """The ten operations of the DAE-Former recipe, in the reference's listing order.
 
     The defaults are the reference's, for slices augmented at their stored size; see
@@ -230,13 +228,17 @@ def daeformer_transforms(blur_sigma: float = BLUR_SIGMA, blur_kernel: int = BLUR
         RandomScaleXY(),
         v2.RandomAffine(degrees=ROTATE_DEGREES, interpolation=IMAGE_INTERPOLATION, fill=FILL),
         v2.RandomAffine(
-            degrees=0.0, shear=(-SHEAR_DEGREES, SHEAR_DEGREES),
-            interpolation=IMAGE_INTERPOLATION, fill=FILL,
+            degrees=0.0,
+            shear=(-SHEAR_DEGREES, SHEAR_DEGREES),
+            interpolation=IMAGE_INTERPOLATION,
+            fill=FILL,
         ),
         RandomPiecewiseWarp(),
         v2.RandomAffine(
-            degrees=0.0, translate=(TRANSLATE_FRACTION, TRANSLATE_FRACTION),
-            interpolation=IMAGE_INTERPOLATION, fill=FILL,
+            degrees=0.0,
+            translate=(TRANSLATE_FRACTION, TRANSLATE_FRACTION),
+            interpolation=IMAGE_INTERPOLATION,
+            fill=FILL,
         ),
     ]
 
@@ -244,8 +246,7 @@ def daeformer_transforms(blur_sigma: float = BLUR_SIGMA, blur_kernel: int = BLUR
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
     if image.ndim != 2 or image.shape != label.shape:
         raise ValueError(
-            f"augmentation expects image and label of the same 2D shape (H, W), got image "
-            f"{image.shape} and label {label.shape}"
+            f"augmentation expects image and label of the same 2D shape (H, W), got image {image.shape} and label {label.shape}"
         )
 
 
@@ -282,10 +283,8 @@ class TransUNetAugmentation:
             label = np.flip(np.rot90(label, quarter_turns), axis=axis)
         elif float(torch.rand(())) < TRANSUNET_P:
             angle = int(torch.randint(-TRANSUNET_MAX_DEGREES, TRANSUNET_MAX_DEGREES + 1, ()))
-            image = ndimage.rotate(image, angle, order=TRANSUNET_IMAGE_ORDER, reshape=False,
-                                   mode="constant", cval=FILL)
-            label = ndimage.rotate(label, angle, order=TRANSUNET_LABEL_ORDER, reshape=False,
-                                   mode="constant", cval=FILL)
+            image = ndimage.rotate(image, angle, order=TRANSUNET_IMAGE_ORDER, reshape=False, mode="constant", cval=FILL)
+            label = ndimage.rotate(label, angle, order=TRANSUNET_LABEL_ORDER, reshape=False, mode="constant", cval=FILL)
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
@@ -323,8 +322,9 @@ def _check_sizes(stored_size: Sequence[int] | None, img_size: Sequence[int] | No
             raise ValueError(f"{name} must be two positive ints (H, W), got {tuple(size)}")
 
 
-def build_augmentation(name: str, stored_size: Sequence[int] | None = None,
-                       img_size: Sequence[int] | None = None) -> Augmentation:
+def build_augmentation(
+    name: str, stored_size: Sequence[int] | None = None, img_size: Sequence[int] | None = None
+) -> Augmentation:
     """The augmentation called ``name``, one of ``AUGMENTATIONS``.
 
     Args:
@@ -347,7 +347,8 @@ def build_augmentation(name: str, stored_size: Sequence[int] | None = None,
         if stored_size is not None and tuple(stored_size) != tuple(img_size):
             sigma, kernel = blur_after_resize(stored_size, img_size)
             transforms = daeformer_transforms(
-                blur_sigma=sigma, blur_kernel=kernel,
+                blur_sigma=sigma,
+                blur_kernel=kernel,
                 noise_std=NOISE_STD * noise_gain(stored_size, img_size),
             )
         return TorchvisionPairAugmentation(SomeOf(transforms, max_ops=MAX_OPS))

@@ -102,8 +102,10 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def _json_error(path: Path, problem: str) -> ValueError:
-    return ValueError(f"--dataset {path}: {problem}; write it with python -m datasets.prepare.nifti or "
-                      'datasets.prepare.images (it holds e.g. {"class_names": ["liver", "tumour"]})')
+    return ValueError(
+        f"--dataset {path}: {problem}; write it with python -m datasets.prepare.nifti or "
+        'datasets.prepare.images (it holds e.g. {"class_names": ["liver", "tumour"]})'
+    )
 
 
 def load_dataset_json(path: str | Path) -> DatasetInfo:
@@ -129,8 +131,9 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise _json_error(path, "'class_names' must be a non-empty list of names of classes 1..K")
     clip = content.get("intensity_clip")
-    if clip is not None and (not isinstance(clip, list) or len(clip) != 2
-                             or not all(isinstance(v, (int, float)) for v in clip) or clip[0] >= clip[1]):
+    if clip is not None and (
+        not isinstance(clip, list) or len(clip) != 2 or not all(isinstance(v, (int, float)) for v in clip) or clip[0] >= clip[1]
+    ):
         raise _json_error(path, f"'intensity_clip' must be null or [low, high] with low < high, got {clip!r}")
     folder = path.parent
     kind = content.get("kind", VOLUMES)
@@ -139,8 +142,11 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
     if kind == IMAGES:
         channels = content.get("channels", IMAGE_CHANNELS)
         if channels != IMAGE_CHANNELS:
-            raise _json_error(path, f"'channels' of 2D images must be {IMAGE_CHANNELS} (the reader gives RGB, a grey "
-                                    f"image repeated), got {channels!r}")
+            raise _json_error(
+                path,
+                f"'channels' of 2D images must be {IMAGE_CHANNELS} (the reader gives RGB, a grey "
+                f"image repeated), got {channels!r}",
+            )
         isic = DATASETS["ISIC2018"]
         return DatasetInfo(
             num_classes=len(names) + 1,
@@ -175,8 +181,9 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"--dataset {name!r} is not known; choose one of {', '.join(DATASETS)} "
-                         f"or give the path of a {DATASET_JSON}") from None
+        raise ValueError(
+            f"--dataset {name!r} is not known; choose one of {', '.join(DATASETS)} or give the path of a {DATASET_JSON}"
+        ) from None
 
 
 def class_names(info: DatasetInfo, num_classes: int) -> list[str]:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -97,8 +97,10 @@ class Report:
             shown = problems if show_all else problems[:SHOWN_PER_KIND]
             out += [f"PROBLEM {problem.line()}" for problem in shown]
             if len(problems) > len(shown):
-                out.append(f"PROBLEM ... and {len(problems) - len(shown)} more files with the same {kind} "
-                           "problem (--all lists every one)")
+                out.append(
+                    f"PROBLEM ... and {len(problems) - len(shown)} more files with the same {kind} "
+                    "problem (--all lists every one)"
+                )
         if self.clean:
             out.append("clean: no problems found")
         else:
@@ -133,8 +135,10 @@ def _check_image_range(report: Report, path: Path, image: np.ndarray) -> None:
     if low >= -RANGE_SLACK and high <= PIXEL_MAX:
         fix = "it looks like 0-255 pixel values: divide the images by 255 (or re-convert the raw data)"
     elif low < HU_LOW or high > PIXEL_MAX:
-        fix = ("it looks like raw Hounsfield units: re-convert with python -m datasets.prepare.synapse "
-               "(clips to [-125, 275] HU, scales to [0, 1])")
+        fix = (
+            "it looks like raw Hounsfield units: re-convert with python -m datasets.prepare.synapse "
+            "(clips to [-125, 275] HU, scales to [0, 1])"
+        )
     else:
         fix = "scale each volume to [0, 1] as the converters do (datasets.common.normalise_volume)"
     report.add("image range", path, f"image values span [{low:g}, {high:g}], the network expects [0, 1]", fix)
@@ -146,16 +150,19 @@ def _check_label_ids(report: Report, path: Path, label: np.ndarray, num_classes:
     bad = sorted(i for i in ids if i >= num_classes or i < 0)
     if bad:
         if max(ids) < BTCV_NUM_CLASSES and num_classes < BTCV_NUM_CLASSES:
-            fix = ("it looks like a raw BTCV label (ids 0-13): convert the raw data with "
-                   "python -m datasets.prepare.synapse, which keeps the 8 organs and renumbers them")
+            fix = (
+                "it looks like a raw BTCV label (ids 0-13): convert the raw data with "
+                "python -m datasets.prepare.synapse, which keeps the 8 organs and renumbers them"
+            )
         else:
             fix = "check --num_classes / --dataset, or the label file"
         report.add("label ids", path, f"label holds ids {bad}, expected 0..{num_classes - 1}", fix)
     return ids
 
 
-def _array_checks(report: Report, path: Path, image: np.ndarray, label: np.ndarray, ndim: int,
-                  num_classes: int, ranges: _Ranges, case: str) -> None:
+def _array_checks(
+    report: Report, path: Path, image: np.ndarray, label: np.ndarray, ndim: int, num_classes: int, ranges: _Ranges, case: str
+) -> None:
     """Shape, dtype, range and id checks of one item's arrays (image (H, W) or (D, H, W))."""
     try:
         # The reader's own structural check; ids are checked below, with a better hint.
@@ -173,8 +180,12 @@ def _list(report: Report, list_file: Path) -> list[str]:
     try:
         return read_list(list_file)
     except DataError as error:
-        report.add("list", list_file, str(error).removeprefix(f"list file {list_file} "),
-                   "pass --list_dir, or write lists with python -m datasets.lists --root DATA --out LIST_DIR")
+        report.add(
+            "list",
+            list_file,
+            str(error).removeprefix(f"list file {list_file} "),
+            "pass --list_dir, or write lists with python -m datasets.lists --root DATA --out LIST_DIR",
+        )
         return []
 
 
@@ -194,8 +205,12 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
         listed[case].append(index)
         path = train_dir / f"{name}.npz"
         if not path.is_file():
-            report.add("missing file", path, f"listed in {list_file.name} but missing",
-                       "re-download or re-convert the case, or regenerate the list")
+            report.add(
+                "missing file",
+                path,
+                f"listed in {list_file.name} but missing",
+                "re-download or re-convert the case, or regenerate the list",
+            )
             continue
         try:
             image, label = _load_npz(path)
@@ -205,30 +220,42 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
         ranges.image_dtypes.add(str(image.dtype))
         ranges.label_dtypes.add(str(label.dtype))
         if image.ndim == 2 and shapes.setdefault(case, image.shape) != image.shape:
-            report.add("shape or values", path, f"slice shape {image.shape} differs from {shapes[case]} of the "
-                       f"case's other slices", "re-convert the case")
+            report.add(
+                "shape or values",
+                path,
+                f"slice shape {image.shape} differs from {shapes[case]} of the case's other slices",
+                "re-convert the case",
+            )
         _array_checks(report, path, image, label, 2, num_classes, ranges, case)
     for case, indices in listed.items():
         expected = set(range(max(indices) + 1))
         gaps = sorted(expected - set(indices))
         if gaps or len(indices) != len(set(indices)):
-            report.add("slice count", list_file, f"{case} lists {len(indices)} slices but numbers run 0..{max(indices)}"
-                       + (f" (missing {gaps[:5]})" if gaps else " (duplicates)"), "regenerate the list from the folder")
+            report.add(
+                "slice count",
+                list_file,
+                f"{case} lists {len(indices)} slices but numbers run 0..{max(indices)}"
+                + (f" (missing {gaps[:5]})" if gaps else " (duplicates)"),
+                "regenerate the list from the folder",
+            )
     total = sum(len(v) for v in listed.values())
     report.facts.append(f"train: {total} slices of {len(listed)} cases listed in {list_file}")
     if set(listed) == set(STANDARD_TRAIN_SLICE_COUNTS):
-        wrong = {case: (len(listed[case]), count) for case, count in STANDARD_TRAIN_SLICE_COUNTS.items()
-                 if len(listed[case]) != count}
+        wrong = {
+            case: (len(listed[case]), count) for case, count in STANDARD_TRAIN_SLICE_COUNTS.items() if len(listed[case]) != count
+        }
         for case, (have, count) in sorted(wrong.items()):
-            report.add("slice count", list_file, f"{case} has {have} slices, the standard split has {count}",
-                       "use the standard lists (python -m datasets.lists --standard --out LIST_DIR) "
-                       "and a complete copy of the case")
+            report.add(
+                "slice count",
+                list_file,
+                f"{case} has {have} slices, the standard split has {count}",
+                "use the standard lists (python -m datasets.lists --standard --out LIST_DIR) and a complete copy of the case",
+            )
         if not wrong:
             report.facts.append("train: the 18 cases and 2211 slices of the standard split")
 
 
-def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: int, ranges: _Ranges,
-                  role: str = "test") -> None:
+def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: int, ranges: _Ranges, role: str = "test") -> None:
     """Check the volumes ``test_dir/NAME.npy.h5`` named by ``list_file``, spacing included."""
     names = _list(report, list_file)
     if not names:
@@ -243,8 +270,12 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
     for index, name in enumerate(volumes.names):
         path = test_dir / f"{name}{VOLUME_SUFFIX}"
         if not path.is_file():
-            report.add("missing file", path, f"listed in {list_file.name} but missing",
-                       "re-download or re-convert the case, or regenerate the list")
+            report.add(
+                "missing file",
+                path,
+                f"listed in {list_file.name} but missing",
+                "re-download or re-convert the case, or regenerate the list",
+            )
             continue
         try:
             item = volumes[index]
@@ -254,8 +285,9 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
         spacings[path] = item["spacing"]
         depths.append(item["image"].shape[0] if item["image"].ndim else 0)
         _array_checks(report, path, item["image"], item["label"], 3, num_classes, ranges, name)
-    report.facts.append(f"{role}: {len(names)} volumes listed in {list_file}"
-                        + (f", {_range(depths)} slices each" if depths else ""))
+    report.facts.append(
+        f"{role}: {len(names)} volumes listed in {list_file}" + (f", {_range(depths)} slices each" if depths else "")
+    )
     if role == "test" and set(names) == set(STANDARD_TEST_CASES):
         report.facts.append("test: the 12 cases of the standard split")
     _check_spacing(report, spacings)
@@ -266,16 +298,26 @@ def _check_spacing(report: Report, spacings: dict[Path, tuple[float, float, floa
     present = {path: s for path, s in spacings.items() if s is not None}
     if not present:
         if spacings:
-            report.facts.append("spacing: no volume stores it (as in TransUNet's copy): HD95 in voxels only, the "
-                                "published tables' unit; --spacing file needs a copy from datasets.prepare")
+            report.facts.append(
+                "spacing: no volume stores it (as in TransUNet's copy): HD95 in voxels only, the "
+                "published tables' unit; --spacing file needs a copy from datasets.prepare"
+            )
         return
     for path, spacing in spacings.items():
         if spacing is None:
-            report.add("spacing", path, "has no 'spacing' attribute while other volumes of the copy have one",
-                       "re-convert the case (datasets.prepare) so --spacing file gives HD95 in mm for every case")
+            report.add(
+                "spacing",
+                path,
+                "has no 'spacing' attribute while other volumes of the copy have one",
+                "re-convert the case (datasets.prepare) so --spacing file gives HD95 in mm for every case",
+            )
         elif not all(SPACING_MM[0] <= s <= SPACING_MM[1] for s in spacing):
-            report.add("spacing", path, f"spacing {spacing} mm (z, y, x) is implausible, expected "
-                       f"{SPACING_MM[0]}-{SPACING_MM[1]} mm", "re-convert the case; spacing is stored in mm")
+            report.add(
+                "spacing",
+                path,
+                f"spacing {spacing} mm (z, y, x) is implausible, expected {SPACING_MM[0]}-{SPACING_MM[1]} mm",
+                "re-convert the case; spacing is stored in mm",
+            )
     values = np.array(list(present.values()))
     z, plane = [float(f"{v:.3g}") for v in values[:, 0]], [float(f"{v:.3g}") for v in values[:, 1:].ravel()]
     report.facts.append(f"spacing: z {_range(z)} mm, in-plane {_range(plane)} mm ({len(present)} volumes)")
@@ -292,8 +334,10 @@ def check_images(report: Report, root: Path, list_files: Sequence[Path], num_cla
                 rgb, label = read_pair(root, name, num_classes)
             except DataError as error:
                 text = str(error)
-                path = next((p for p in (image_path(root, name), mask_path(root, name)) if text.startswith(str(p))),
-                            image_path(root, name))
+                path = next(
+                    (p for p in (image_path(root, name), mask_path(root, name)) if text.startswith(str(p))),
+                    image_path(root, name),
+                )
                 report.add("image file", path, text, "")
                 continue
             sizes.add(rgb.shape[:2])
@@ -303,8 +347,10 @@ def check_images(report: Report, root: Path, list_files: Sequence[Path], num_cla
         if names:
             report.facts.append(f"{list_file.stem}: {len(names)} images listed in {list_file}")  # train, val, test
     if ids:
-        report.facts.append(f"masks: class ids {sorted(ids)} present; image sizes "
-                            f"{min(sizes)[1]}x{min(sizes)[0]} to {max(sizes)[1]}x{max(sizes)[0]}")
+        report.facts.append(
+            f"masks: class ids {sorted(ids)} present; image sizes "
+            f"{min(sizes)[1]}x{min(sizes)[0]} to {max(sizes)[1]}x{max(sizes)[0]}"
+        )
 
 
 def _check_binary_mask(report: Report, path: Path) -> None:
@@ -315,9 +361,12 @@ def _check_binary_mask(report: Report, path: Path) -> None:
     except (OSError, UnidentifiedImageError):
         return  # read_pair has already read it; nothing more to learn
     if 0 < high < MASK_THRESHOLD:
-        report.add("mask values", path, f"mask values reach only {high}, below the 2-class threshold "
-                   f"{MASK_THRESHOLD}: it reads as all background", "store the lesion as 255 (0 / 255 masks), or "
-                   "convert with python -m datasets.prepare.images")
+        report.add(
+            "mask values",
+            path,
+            f"mask values reach only {high}, below the 2-class threshold {MASK_THRESHOLD}: it reads as all background",
+            "store the lesion as 255 (0 / 255 masks), or convert with python -m datasets.prepare.images",
+        )
 
 
 def check_dataset(info: DatasetInfo, root: Path, list_dir: Path, num_classes: int | None = None) -> Report:
@@ -346,13 +395,17 @@ def check_dataset(info: DatasetInfo, root: Path, list_dir: Path, num_classes: in
         if name:
             check_volumes(report, root / TEST_DIR, list_dir / name, num_classes, ranges, role)
     if ranges.image:
-        report.facts.append(f"images: values in {_span(ranges.image)}; training slices store images as "
-                            f"{', '.join(sorted(ranges.image_dtypes))}, labels as {', '.join(sorted(ranges.label_dtypes))}")
+        report.facts.append(
+            f"images: values in {_span(ranges.image)}; training slices store images as "
+            f"{', '.join(sorted(ranges.image_dtypes))}, labels as {', '.join(sorted(ranges.label_dtypes))}"
+        )
     if ranges.ids_by_case:
         everywhere = set.union(*ranges.ids_by_case.values())
         absent = sorted(set(range(num_classes)) - everywhere)
-        report.facts.append(f"labels: ids {sorted(everywhere)} present in {len(ranges.ids_by_case)} cases"
-                            + (f"; classes {absent} appear in no case" if absent else ""))
+        report.facts.append(
+            f"labels: ids {sorted(everywhere)} present in {len(ranges.ids_by_case)} cases"
+            + (f"; classes {absent} appear in no case" if absent else "")
+        )
     return report
 
 
@@ -360,14 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.check",
         description="Validate a copy of a data set without training: files, slice counts, shapes, value range, "
-                    "label ids, spacing. Exit 0 clean, 1 problems found, 2 bad flags. Checkpoints: "
-                    "python -m utils.check_weights FILE.",
+        "label ids, spacing. Exit 0 clean, 1 problems found, 2 bad flags. Checkpoints: "
+        "python -m utils.check_weights FILE.",
     )
-    parser.add_argument("--root", type=Path,
-                        help="data folder: DATA with train_npz/ and test_vol_h5/ (volumes) or images/ and masks/ "
-                             "(2D images); default from --dataset")
-    parser.add_argument("--dataset", default="Synapse",
-                        help="a name of the table in datasets/catalog.py or the path of a dataset.json")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="data folder: DATA with train_npz/ and test_vol_h5/ (volumes) or images/ and masks/ "
+        "(2D images); default from --dataset",
+    )
+    parser.add_argument(
+        "--dataset", default="Synapse", help="a name of the table in datasets/catalog.py or the path of a dataset.json"
+    )
     parser.add_argument("--list_dir", type=Path, help="folder of the list files (default from --dataset)")
     parser.add_argument("--num_classes", type=int, help="classes including background (default from --dataset)")
     parser.add_argument("--all", action="store_true", help="print every problem, not the first few of each kind")

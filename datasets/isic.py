@@ -22,8 +22,8 @@ position in sorted name order) for the images a folder holds::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -84,8 +84,10 @@ def read_pair(root: str | Path, name: str, num_classes: int = 2) -> tuple[np.nda
     rgb = _open(image_path(root, name), "RGB")
     mask = _open(mask_path(root, name), "L")
     if mask.shape != rgb.shape[:2]:
-        raise DataError(f"{mask_path(root, name)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{rgb.shape[1]}x{rgb.shape[0]}; they must be the same size")
+        raise DataError(
+            f"{mask_path(root, name)} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{rgb.shape[1]}x{rgb.shape[0]}; they must be the same size"
+        )
     if num_classes == 2:
         return rgb, (mask >= MASK_THRESHOLD).astype(np.int64)
     if mask.max() >= num_classes:
@@ -142,8 +144,9 @@ class SkinImages(Dataset):
             turns them off).
     """
 
-    def __init__(self, root: str | Path, list_file: str | Path, num_classes: int, img_size: Sequence[int],
-                 augment: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, list_file: str | Path, num_classes: int, img_size: Sequence[int], augment: bool = True
+    ) -> None:
         self.root = Path(root)
         self.names = read_list(list_file)
         self.num_classes = num_classes
@@ -151,9 +154,11 @@ class SkinImages(Dataset):
         self.augment = augment
         missing = [name for name in self.names if not image_path(self.root, name).is_file()]
         if missing:
-            raise DataError(f"{image_path(self.root, missing[0])} (listed in {list_file}) does not exist"
-                            + (f", nor do {len(missing) - 1} other listed images" if len(missing) > 1 else "")
-                            + "; check --root_path or the list")
+            raise DataError(
+                f"{image_path(self.root, missing[0])} (listed in {list_file}) does not exist"
+                + (f", nor do {len(missing) - 1} other listed images" if len(missing) > 1 else "")
+                + "; check --root_path or the list"
+            )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -177,8 +182,10 @@ class SkinCases(Dataset):
         self.num_classes = num_classes
         missing = [name for name in self.names if not image_path(self.root, name).is_file()]
         if missing:
-            raise DataError(f"{image_path(self.root, missing[0])} (listed in {list_file}) does not exist; "
-                            "check --test_path / --volume_path or the list")
+            raise DataError(
+                f"{image_path(self.root, missing[0])} (listed in {list_file}) does not exist; "
+                "check --test_path / --volume_path or the list"
+            )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -212,8 +219,9 @@ def write_isic_lists(root: str | Path, list_dir: str | Path) -> dict[str, list[s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datasets.isic",
-                                     description="Write 70/10/20 train/val/test lists for an images/ + masks/ folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.isic", description="Write 70/10/20 train/val/test lists for an images/ + masks/ folder."
+    )
     parser.add_argument("--root", required=True, type=Path, help="folder holding images/ and masks/")
     parser.add_argument("--out", required=True, type=Path, help="folder to write train.txt, val.txt, test.txt into")
     args = parser.parse_args(argv)

@@ -40,15 +40,39 @@ SLICE_DIGITS = 3  # slice numbers are written 3-digit, 0-based: case0005_slice00
 # The standard split (TransUNet's lists/lists_Synapse), from the published list files.
 # Test cases in the published order: metrics tables and logs list cases in this order.
 STANDARD_TEST_CASES: tuple[str, ...] = (
-    "case0008", "case0022", "case0038", "case0036", "case0032", "case0002",
-    "case0029", "case0003", "case0001", "case0004", "case0025", "case0035",
+    "case0008",
+    "case0022",
+    "case0038",
+    "case0036",
+    "case0032",
+    "case0002",
+    "case0029",
+    "case0003",
+    "case0001",
+    "case0004",
+    "case0025",
+    "case0035",
 )
 # Training case -> number of axial slices; every slice of each case is in train.txt.
 STANDARD_TRAIN_SLICE_COUNTS: dict[str, int] = {
-    "case0005": 117, "case0006": 131, "case0007": 163, "case0009": 149, "case0010": 148,
-    "case0021": 143, "case0023": 96, "case0024": 124, "case0026": 131, "case0027": 88,
-    "case0028": 89, "case0030": 153, "case0031": 93, "case0033": 104, "case0034": 98,
-    "case0037": 99, "case0039": 90, "case0040": 195,
+    "case0005": 117,
+    "case0006": 131,
+    "case0007": 163,
+    "case0009": 149,
+    "case0010": 148,
+    "case0021": 143,
+    "case0023": 96,
+    "case0024": 124,
+    "case0026": 131,
+    "case0027": 88,
+    "case0028": 89,
+    "case0030": 153,
+    "case0031": 93,
+    "case0033": 104,
+    "case0034": 98,
+    "case0037": 99,
+    "case0039": 90,
+    "case0040": 195,
 }
 
 
@@ -82,8 +106,7 @@ def parse_slice_name(name: str) -> tuple[str, int]:
     match = _SLICE_NAME.match(name)
     if match is None:
         raise ValueError(
-            f"slice name {name!r} is not of the form CASE_sliceNNN (e.g. case0005_slice000); "
-            "rename the file or fix the list"
+            f"slice name {name!r} is not of the form CASE_sliceNNN (e.g. case0005_slice000); rename the file or fix the list"
         )
     return match.group("case"), int(match.group("index"))
 
@@ -124,8 +147,7 @@ def read_list(list_file: str | Path) -> list[str]:
     list_file = Path(list_file)
     if not list_file.is_file():
         raise DataError(
-            f"list file {list_file} does not exist; write one with "
-            "python -m datasets.lists --root DATA --out LIST_DIR"
+            f"list file {list_file} does not exist; write one with python -m datasets.lists --root DATA --out LIST_DIR"
         )
     names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
     if not names:
@@ -194,10 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write train.txt and test_vol.txt for a Synapse-format data folder.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--root", type=Path,
-                        help="data folder holding train_npz/ and test_vol_h5/: list its files")
-    source.add_argument("--standard", action="store_true",
-                        help="write the standard Synapse split (train.txt, test_vol.txt, all.lst)")
+    source.add_argument("--root", type=Path, help="data folder holding train_npz/ and test_vol_h5/: list its files")
+    source.add_argument(
+        "--standard", action="store_true", help="write the standard Synapse split (train.txt, test_vol.txt, all.lst)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the lists into")
     return parser
 

@@ -26,8 +26,8 @@ to about one float32 rounding (see ``bench/resize_speed.py`` for what float32 pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -87,14 +87,12 @@ def nearest_zoom_indices(n_in: int, n_out: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=OPERATOR_CACHE_SIZE)
-def _spline_operator(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype
-                     ) -> torch.Tensor:
+def _spline_operator(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(spline_zoom_matrix(n_in, n_out)).to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=OPERATOR_CACHE_SIZE)
-def _nearest_operator(n_in: int, n_out: int, device: torch.device
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _nearest_operator(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gather indices (fill positions clamped to 0) and the fill positions (None if none)."""
     indices = nearest_zoom_indices(n_in, n_out)
     fill = np.flatnonzero(indices < 0)
@@ -108,8 +106,7 @@ def _check_batch(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a tensor (B, H, W), got {shape}")
 
 
-def zoom_images(images: torch.Tensor, size: Sequence[int],
-                compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def zoom_images(images: torch.Tensor, size: Sequence[int], compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Order-3 ``zoom`` of every slice of a batch to ``size``, as the protocol does it.
 
     Equal to ``zoom(images[b], (S_h / H, S_w / W), order=3)`` for each b, to about one rounding

@@ -56,8 +56,7 @@ class Grid:
 
     @classmethod
     def of(cls, image: sitk.Image) -> Grid:
-        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
-                   tuple(image.GetDirection()))
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
     def apply(self, image: sitk.Image) -> None:
         image.SetSpacing(self.spacing)
@@ -97,11 +96,14 @@ def _read_image(path: Path) -> sitk.Image:
     except RuntimeError as error:
         raise DataError(f"{path} is not a readable image file: {' '.join(str(error).split())[:200]}") from None
     if image.GetDimension() != 3:
-        raise DataError(f"{path} is a {image.GetDimension()}D image of size {image.GetSize()}; expected a 3D scan "
-                        "(split a 4D series into 3D volumes first)")
+        raise DataError(
+            f"{path} is a {image.GetDimension()}D image of size {image.GetSize()}; expected a 3D scan "
+            "(split a 4D series into 3D volumes first)"
+        )
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"{path} has {image.GetNumberOfComponentsPerPixel()} values per voxel; expected a "
-                        "single-channel (grey-value) scan")
+        raise DataError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} values per voxel; expected a single-channel (grey-value) scan"
+        )
     return image
 
 
@@ -159,8 +161,7 @@ def orientation_of(image: sitk.Image) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
 
 
-def read_scan(path: str | Path, clip: tuple[float, float] | None = None,
-              orientation: str = CANONICAL_ORIENTATION) -> Scan:
+def read_scan(path: str | Path, clip: tuple[float, float] | None = None, orientation: str = CANONICAL_ORIENTATION) -> Scan:
     """Read a 3D scan (any format SimpleITK reads, e.g. ``.nii.gz``) for the network.
 
     Args:
@@ -183,8 +184,10 @@ def read_scan(path: str | Path, clip: tuple[float, float] | None = None,
         stored = _nifti_nonfinite_count(path)
         bad = stored if stored is not None else int(np.count_nonzero(~np.isfinite(volume)))
         if bad:
-            raise DataError(f"{path} has {bad} NaN or infinite voxel(s) of {volume.size}; replace them with a valid "
-                            "intensity (e.g. the scan's minimum) and run again")
+            raise DataError(
+                f"{path} has {bad} NaN or infinite voxel(s) of {volume.size}; replace them with a valid "
+                "intensity (e.g. the scan's minimum) and run again"
+            )
     return Scan(path, normalise_volume(volume, clip), own, Grid.of(image), Grid.of(canonical))
 
 

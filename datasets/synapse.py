@@ -22,8 +22,9 @@ from __future__ import annotations
 import zipfile
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -155,9 +156,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _npz_error(path: Path, error: Exception) -> DataError:
-    return DataError(
-        f"{path} is not a readable .npz file ({_one_line(error)}); re-create or re-download it"
-    )
+    return DataError(f"{path} is not a readable .npz file ({_one_line(error)}); re-create or re-download it")
 
 
 def _require_keys(path: Path, found: Sequence[str]) -> None:
@@ -218,9 +217,7 @@ def check_arrays(
     if label is None:
         return
     if label.shape != image.shape:
-        raise DataError(
-            f"{path}: label shape {label.shape} differs from image shape {image.shape}"
-        )
+        raise DataError(f"{path}: label shape {label.shape} differs from image shape {image.shape}")
     if label.dtype == np.bool_:
         label = label.astype(np.uint8)
     if not np.issubdtype(label.dtype, np.number):
@@ -293,9 +290,7 @@ class SynapseSlices(Dataset):
         from datasets.augment import build_augmentation
 
         # Built now so that an unknown name fails here, not in a DataLoader worker.
-        self.augment: Augmentation | None = (
-            build_augmentation(augment) if isinstance(augment, str) else augment
-        )
+        self.augment: Augmentation | None = build_augmentation(augment) if isinstance(augment, str) else augment
         self.augment_name = augment if isinstance(augment, str) else None
         # A named augmentation after the resize depends on the stored size (blur and noise
         # are rescaled); one per stored size, built on first use.
@@ -320,8 +315,7 @@ class SynapseSlices(Dataset):
         if stored_size not in self._resized_augments:
             from datasets.augment import build_augmentation
 
-            self._resized_augments[stored_size] = build_augmentation(
-                self.augment_name, stored_size, self.img_size)
+            self._resized_augments[stored_size] = build_augmentation(self.augment_name, stored_size, self.img_size)
         return self._resized_augments[stored_size]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
@@ -339,8 +333,7 @@ class SynapseSlices(Dataset):
             label = resize_label(label, self.img_size)
         else:
             augment = self._augmentation_after_resize(image.shape)
-            image = zoom_images(torch.from_numpy(image)[None], self.img_size,
-                                TRAINING_ZOOM_PRODUCTS)[0].numpy()
+            image = zoom_images(torch.from_numpy(image)[None], self.img_size, TRAINING_ZOOM_PRODUCTS)[0].numpy()
             # Gather in the stored dtype (whole numbers, checked above), convert the small
             # result: converting the stored 512x512 label to int64 first costs more.
             label = zoom_labels(torch.from_numpy(label)[None], self.img_size)[0].numpy()
@@ -360,17 +353,12 @@ def _read_spacing(path: Path, file: h5py.File) -> tuple[float, float, float] | N
         return None
     spacing = np.asarray(file.attrs[SPACING_ATTR], dtype=np.float64).ravel()
     if spacing.shape != (SPATIAL_DIMS,) or not np.isfinite(spacing).all() or (spacing <= 0).any():
-        raise DataError(
-            f"{path}: attribute 'spacing' is {spacing.tolist()}, expected 3 positive mm values "
-            "(z, y, x)"
-        )
+        raise DataError(f"{path}: attribute 'spacing' is {spacing.tolist()}, expected 3 positive mm values (z, y, x)")
     return tuple(float(value) for value in spacing)
 
 
 def _h5_error(path: Path, error: Exception) -> DataError:
-    return DataError(
-        f"{path} is not a readable HDF5 file ({_one_line(error)}); re-create or re-download it"
-    )
+    return DataError(f"{path} is not a readable HDF5 file ({_one_line(error)}); re-create or re-download it")
 
 
 class SynapseVolumes(Dataset):
@@ -442,8 +430,7 @@ class SynapseVolumes(Dataset):
                 missing = [key for key in self._required_keys() if key not in file]
                 if missing:
                     raise DataError(
-                        f"{path} has no {' or '.join(repr(k) for k in missing)} dataset; "
-                        "volume files need 'image' and 'label'"
+                        f"{path} has no {' or '.join(repr(k) for k in missing)} dataset; volume files need 'image' and 'label'"
                     )
                 image = file[IMAGE_KEY][()]
                 label = file[LABEL_KEY][()] if LABEL_KEY in file else None
@@ -483,7 +470,7 @@ def split_cases(slice_names: Sequence[str], k: int) -> tuple[list[str], list[str
             f"--val_cases {k} must lie in [0, {len(cases) - 1}]: the training list has "
             f"{len(cases)} cases and at least one must stay for training"
         )
-    held_out = cases[len(cases) - k:] if k else []
+    held_out = cases[len(cases) - k :] if k else []
     held = set(held_out)
     train = [name for name in slice_names if parse_slice_name(name)[0] not in held]
     return train, held_out
@@ -529,15 +516,16 @@ def slices_to_volumes(
             check_arrays(path, image, label, ndim=2, num_classes=num_classes)
             if images and image.shape != images[0].shape:
                 raise DataError(
-                    f"{path}: slice shape {image.shape} differs from {images[0].shape} of the "
-                    f"first slice of {case}; cannot stack"
+                    f"{path}: slice shape {image.shape} differs from {images[0].shape} of the first slice of {case}; cannot stack"
                 )
             images.append(image.astype(np.float32, copy=False))
             labels.append(label.astype(np.int64))
-        volumes.append({
-            "image": np.stack(images),
-            "label": np.stack(labels),
-            "case_name": case,
-            "spacing": None,
-        })
+        volumes.append(
+            {
+                "image": np.stack(images),
+                "label": np.stack(labels),
+                "case_name": case,
+                "spacing": None,
+            }
+        )
     return volumes

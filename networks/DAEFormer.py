@@ -132,8 +132,7 @@ class DAEFormer(nn.Module):
             raise ValueError(f"DAEFormer: dims and depths need 3 entries each, got dims={dims}, depths={depths}")
         if any(dim % heads for dim in dims) or dims[1] % 2 or dims[2] % 2:
             raise ValueError(
-                f"DAEFormer: every entry of dims={dims} must be divisible by heads={heads}, "
-                "and dims[1], dims[2] by 2"
+                f"DAEFormer: every entry of dims={dims} must be divisible by heads={heads}, and dims[1], dims[2] by 2"
             )
         if min(depths) < 0:
             raise ValueError(f"DAEFormer: depths must be non-negative, got {depths}")

@@ -73,9 +73,7 @@ class EfficientAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         grid = rearrange(x, "b (h w) c -> b c h w", h=height, w=width)
-        attended = efficient_attention(
-            self.keys(grid).flatten(2), self.queries(grid).flatten(2), self.values(grid).flatten(2)
-        )
+        attended = efficient_attention(self.keys(grid).flatten(2), self.queries(grid).flatten(2), self.values(grid).flatten(2))
         out = self.reprojection(attended.unflatten(2, (height, width)))
         return rearrange(out, "b c h w -> b (h w) c")
 

@@ -21,7 +21,7 @@ class IntensityBands(nn.Module):
         with torch.no_grad():
             # logit_c(x) = 2 c_k x - c_k^2 is largest for the centre c_k closest to x.
             self.conv.weight.copy_((2 * centres).view(-1, 1, 1, 1))
-            self.conv.bias.copy_(-centres**2)
+            self.conv.bias.copy_(-(centres**2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

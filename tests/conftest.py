@@ -39,18 +39,34 @@ def load_test_script():
 
 def tiny_train_args(data: dict, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "train.py", "--root_path", str(data["train_dir"]), "--test_path", str(data["test_dir"]),
-        "--list_dir", str(data["train_list"].parent), "--output_dir", str(output_dir),
-        "--img_size", str(TINY_SIZE), "--batch_size", "4", "--num_workers", "0", "--eval_interval", "1",
-        *TINY_UNET, *extra,
+        "train.py",
+        "--root_path",
+        str(data["train_dir"]),
+        "--test_path",
+        str(data["test_dir"]),
+        "--list_dir",
+        str(data["train_list"].parent),
+        "--output_dir",
+        str(output_dir),
+        "--img_size",
+        str(TINY_SIZE),
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--eval_interval",
+        "1",
+        *TINY_UNET,
+        *extra,
     ]
 
 
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory) -> dict:
     """3 training cases and 2 test volumes of 32x32 slices."""
-    return generate_dataset(tmp_path_factory.mktemp("phantom"), seed=7, size=TINY_SIZE, train_cases=3,
-                            test_cases=2, min_slices=6, max_slices=8)
+    return generate_dataset(
+        tmp_path_factory.mktemp("phantom"), seed=7, size=TINY_SIZE, train_cases=3, test_cases=2, min_slices=6, max_slices=8
+    )
 
 
 @pytest.fixture(scope="session")

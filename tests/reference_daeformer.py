@@ -49,8 +49,11 @@ def _efficient(keys: Tensor, queries: Tensor, values: Tensor) -> Tensor:
 def _mixffn(sd: dict, key: str, x: Tensor, h: int, w: int) -> Tensor:
     hidden = _linear(sd, f"{key}.fc1", x)
     conv = F.conv2d(
-        _to_grid(hidden, h, w), sd[f"{key}.dwconv.dwconv.weight"], sd[f"{key}.dwconv.dwconv.bias"],
-        padding=1, groups=hidden.shape[-1],
+        _to_grid(hidden, h, w),
+        sd[f"{key}.dwconv.dwconv.weight"],
+        sd[f"{key}.dwconv.dwconv.bias"],
+        padding=1,
+        groups=hidden.shape[-1],
     )
     hidden = F.gelu(_ln(sd, f"{key}.norm1", _to_tokens(conv) + hidden))
     return _linear(sd, f"{key}.fc2", hidden)

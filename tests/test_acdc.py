@@ -36,7 +36,7 @@ def test_the_split_rule_is_70_10_20_and_alike_in_every_pathology_group():
     roles = [split_role(n) for n in range(1, 101)]
     assert (roles.count(TRAIN), roles.count(VAL), roles.count(TEST)) == (70, 10, 20)
     for group in range(5):  # ACDC's groups: patients 1-20 DCM, 21-40 HCM, 41-60 MINF, 61-80 NOR, 81-100 RV
-        part = roles[20 * group: 20 * group + 20]
+        part = roles[20 * group : 20 * group + 20]
         assert (part.count(TRAIN), part.count(VAL), part.count(TEST)) == (14, 2, 4)
     assert [n for n in range(1, 21) if split_role(n) != TRAIN] == [2, 5, 10, 12, 15, 20]
 
@@ -63,11 +63,17 @@ def test_the_converter_reads_the_challenge_layout(tmp_path):
         write_nifti(folder / f"patient{patient:03d}_4d.nii.gz", np.zeros((2, 3, 6, 5), np.int16)[0])  # no _gt: skipped
     out, lists = tmp_path / "out", tmp_path / "lists"
     done = convert(raw, out, lists)
-    assert done == {TRAIN: ["patient001_frame01", "patient001_frame12"],
-                    VAL: ["patient002_frame01", "patient002_frame12"],
-                    TEST: ["patient005_frame01", "patient005_frame12"]}
+    assert done == {
+        TRAIN: ["patient001_frame01", "patient001_frame12"],
+        VAL: ["patient002_frame01", "patient002_frame12"],
+        TEST: ["patient005_frame01", "patient005_frame12"],
+    }
     assert (lists / "train.txt").read_text().split()[:4] == [
-        "patient001_frame01_slice000", "patient001_frame01_slice001", "patient001_frame01_slice002", "patient001_frame12_slice000"]
+        "patient001_frame01_slice000",
+        "patient001_frame01_slice001",
+        "patient001_frame01_slice002",
+        "patient001_frame12_slice000",
+    ]
     assert (lists / "val_vol.txt").read_text().split() == done[VAL]
     assert (lists / "test_vol.txt").read_text().split() == done[TEST]
     image, label = volumes["patient005_frame12"]
@@ -135,10 +141,31 @@ def acdc(tmp_path_factory) -> dict:
 
 def test_train_and_test_end_to_end_with_dataset_acdc(acdc, tmp_path):
     run = tmp_path / "run"
-    code = train_script.main([
-        "--dataset", "ACDC", "--root_path", str(acdc["train_dir"]), "--test_path", str(acdc["test_dir"]),
-        "--list_dir", str(acdc["list_dir"]), "--output_dir", str(run), "--img_size", str(TINY_SIZE),
-        "--batch_size", "4", "--num_workers", "0", "--eval_interval", "1", "--max_epochs", "1", *TINY_UNET])
+    code = train_script.main(
+        [
+            "--dataset",
+            "ACDC",
+            "--root_path",
+            str(acdc["train_dir"]),
+            "--test_path",
+            str(acdc["test_dir"]),
+            "--list_dir",
+            str(acdc["list_dir"]),
+            "--output_dir",
+            str(run),
+            "--img_size",
+            str(TINY_SIZE),
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--eval_interval",
+            "1",
+            "--max_epochs",
+            "1",
+            *TINY_UNET,
+        ]
+    )
     assert code == 0
     log = (run / "log.txt").read_text()
     assert "--num_classes 4 (from --dataset ACDC)" in log
@@ -146,8 +173,9 @@ def test_train_and_test_end_to_end_with_dataset_acdc(acdc, tmp_path):
     assert re.search(r"right ventricle +\d+\.\d\d +\d+\.\d\d", log) and re.search(r"left ventricle +\d+\.\d\d", log)
     assert (run / "best.pth").exists() and load_checkpoint(run / "last.pth")["model_kwargs"]["num_classes"] == 4
 
-    code = load_test_script().main(["--output_dir", str(run), "--volume_path", str(acdc["out_dir"]),
-                             "--list_dir", str(acdc["list_dir"]), "--workers", "0"])
+    code = load_test_script().main(
+        ["--output_dir", str(run), "--volume_path", str(acdc["out_dir"]), "--list_dir", str(acdc["list_dir"]), "--workers", "0"]
+    )
     assert code == 0
     metrics = json.loads((run / "test" / "metrics.json").read_text())
     assert [row["name"] for row in metrics["per_class"]] == list(dataset_info("ACDC").class_names)

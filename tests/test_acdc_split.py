@@ -43,8 +43,9 @@ def names(patients) -> list[str]:
 
 
 def test_a_split_file_decides_every_patient_role(raw, tmp_path):
-    split = write_split(tmp_path / "split.json", {"train": ["patient001", 3, "4", "patient006"], "val": [2],
-                                                  "test": ["patient005"]})
+    split = write_split(
+        tmp_path / "split.json", {"train": ["patient001", 3, "4", "patient006"], "val": [2], "test": ["patient005"]}
+    )
     done = convert(raw, tmp_path / "out", tmp_path / "lists", split)
     assert done == {"train": names([1, 3, 4, 6]), "val": names([2]), "test": names([5])}
     assert (tmp_path / "lists" / "val_vol.txt").read_text().split() == names([2])
@@ -64,14 +65,17 @@ def test_without_a_split_file_the_rule_applies(raw, tmp_path):
     assert done == {"train": names([1, 3, 4, 6]), "val": names([2]), "test": names([5])}
 
 
-@pytest.mark.parametrize("split, message", [
-    ({"train": [1, 2, 3, 4, 7], "test": [5, 6]}, r"lists patient007 with no annotated frame in --raw"),
-    ({"train": [1, 2, 3, 4], "val": ["patient004"], "test": [5, 6]}, r"patient004 is listed twice \('train' and 'val'\)"),
-    ({"train": [1, 2, 3], "test": [5, 6]}, r"does not list patient004 found in --raw"),
-    ({"train": [1, 2, 3, 4, 5, 6]}, r"must be a JSON object with lists 'train', 'test'"),
-    ({"train": [1, 2, 3, 4], "test": [5, 6], "holdout": []}, r"must be a JSON object"),
-    ({"train": [1, 2, 3, 4, "heart"], "test": [5, 6]}, r"'train' entry 'heart' is not a patient id"),
-])
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ({"train": [1, 2, 3, 4, 7], "test": [5, 6]}, r"lists patient007 with no annotated frame in --raw"),
+        ({"train": [1, 2, 3, 4], "val": ["patient004"], "test": [5, 6]}, r"patient004 is listed twice \('train' and 'val'\)"),
+        ({"train": [1, 2, 3], "test": [5, 6]}, r"does not list patient004 found in --raw"),
+        ({"train": [1, 2, 3, 4, 5, 6]}, r"must be a JSON object with lists 'train', 'test'"),
+        ({"train": [1, 2, 3, 4], "test": [5, 6], "holdout": []}, r"must be a JSON object"),
+        ({"train": [1, 2, 3, 4, "heart"], "test": [5, 6]}, r"'train' entry 'heart' is not a patient id"),
+    ],
+)
 def test_bad_split_files_are_one_line_errors(raw, tmp_path, split, message):
     path = write_split(tmp_path / "split.json", split)
     with pytest.raises(DataError, match=message):
@@ -82,8 +86,9 @@ def test_bad_split_files_are_one_line_errors(raw, tmp_path, split, message):
 def test_the_cli_reports_a_bad_split_file_in_one_line(raw, tmp_path, capsys):
     path = write_split(tmp_path / "split.json", {"train": [1, 1], "test": [2]})
     with pytest.raises(SystemExit) as exit_info:
-        main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--list_dir", str(tmp_path / "lists"),
-              "--split_file", str(path)])
+        main(
+            ["--raw", str(raw), "--out", str(tmp_path / "out"), "--list_dir", str(tmp_path / "lists"), "--split_file", str(path)]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err == f"error: --split_file {path}: patient001 is listed twice ('train' and 'train'); list each patient once\n"

@@ -23,9 +23,24 @@ def test_the_readme_example_gives_test_py_s_numbers(phantom, trained_run, tmp_pa
     code = code.replace("data/phantom", str(phantom["out_dir"]))
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
-    assert load_test_script().main(["--ckpt", str(trained_run / "last.pth"), "--volume_path", str(phantom["out_dir"]),
-                                    "--list_dir", str(phantom["train_list"].parent), "--test_save_dir", str(tmp_path),
-                                    "--workers", "0", "--is_savenii"]) == 0
+    assert (
+        load_test_script().main(
+            [
+                "--ckpt",
+                str(trained_run / "last.pth"),
+                "--volume_path",
+                str(phantom["out_dir"]),
+                "--list_dir",
+                str(phantom["train_list"].parent),
+                "--test_save_dir",
+                str(tmp_path),
+                "--workers",
+                "0",
+                "--is_savenii",
+            ]
+        )
+        == 0
+    )
     tested = json.loads((tmp_path / "metrics.json").read_text())["cases"][0]
     result = namespace["result"]
     assert result.cases == [tested["case"]]
@@ -48,10 +63,34 @@ def test_test_py_segments_a_folder_of_unlabeled_images(tmp_path):
 
     data = generate_images(tmp_path / "isic", seed=4, size=40, train_images=4, val_images=2, test_images=2)
     run = tmp_path / "run"
-    assert train_script.main([
-        "--dataset", "ISIC2018", "--root_path", str(data["out_dir"]), "--test_path", str(data["out_dir"]),
-        "--list_dir", str(data["list_dir"]), "--output_dir", str(run), "--img_size", str(TINY_SIZE), "--batch_size", "2",
-        "--num_workers", "0", "--eval_interval", "0", "--max_epochs", "1", *TINY_UNET]) == 0
+    assert (
+        train_script.main(
+            [
+                "--dataset",
+                "ISIC2018",
+                "--root_path",
+                str(data["out_dir"]),
+                "--test_path",
+                str(data["out_dir"]),
+                "--list_dir",
+                str(data["list_dir"]),
+                "--output_dir",
+                str(run),
+                "--img_size",
+                str(TINY_SIZE),
+                "--batch_size",
+                "2",
+                "--num_workers",
+                "0",
+                "--eval_interval",
+                "0",
+                "--max_epochs",
+                "1",
+                *TINY_UNET,
+            ]
+        )
+        == 0
+    )
     new = tmp_path / "new"
     new.mkdir()
     for name in data["test"]:

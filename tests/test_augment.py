@@ -110,8 +110,7 @@ def test_scale_by_two_doubles_a_centred_square():
 def test_scale_factors_are_drawn_per_axis_in_range():
     image, _ = block_pair()
     torch.manual_seed(0)
-    draws = [RandomScaleXY().make_params([torch.from_numpy(image)[None]])["scale_xy"]
-             for _ in range(50)]
+    draws = [RandomScaleXY().make_params([torch.from_numpy(image)[None]])["scale_xy"] for _ in range(50)]
     draws = torch.stack(draws)
     assert draws.min() >= SCALE_RANGE[0] and draws.max() <= SCALE_RANGE[1]
     assert (draws[:, 0] != draws[:, 1]).all()  # independent x and y factors
@@ -127,8 +126,8 @@ def test_translation_is_a_whole_pixel_shift_within_20_percent():
         for dx in range(-limit, limit + 1):
             shifted = np.zeros_like(label)
             top, left = max(0, dy), max(0, dx)
-            src = label[max(0, -dy):SIZE - top, max(0, -dx):SIZE - left]
-            shifted[top:top + src.shape[0], left:left + src.shape[1]] = src
+            src = label[max(0, -dy) : SIZE - top, max(0, -dx) : SIZE - left]
+            shifted[top : top + src.shape[0], left : left + src.shape[1]] = src
             if np.array_equal(shifted, out_label):
                 matches.append((dy, dx))
                 np.testing.assert_allclose(out_image, shifted, atol=1e-5)
@@ -154,8 +153,7 @@ def test_intensity_transforms_leave_label_unchanged(name):
 def test_noise_has_the_reference_standard_deviation():
     image = np.full((SIZE, SIZE), 0.5, np.float32)
     torch.manual_seed(0)
-    out_image, _ = apply(v2.GaussianNoise(mean=0.0, sigma=NOISE_STD, clip=False), image,
-                         np.zeros((SIZE, SIZE), np.int64))
+    out_image, _ = apply(v2.GaussianNoise(mean=0.0, sigma=NOISE_STD, clip=False), image, np.zeros((SIZE, SIZE), np.int64))
     # 4096 samples: the sample std is within 5 % of 1.275 with overwhelming probability.
     assert np.std(out_image - image) == pytest.approx(0.005 * 255, rel=0.05)
 
@@ -163,9 +161,8 @@ def test_noise_has_the_reference_standard_deviation():
 def test_blur_of_a_constant_image_is_constant_and_of_an_impulse_is_gaussian():
     image = np.zeros((SIZE, SIZE), np.float32)
     image[32, 32] = 1.0
-    out_image, _ = apply(v2.GaussianBlur(kernel_size=7, sigma=1.0), image,
-                         np.zeros((SIZE, SIZE), np.int64))
-    weights = np.exp(-np.arange(-3, 4) ** 2 / 2.0)
+    out_image, _ = apply(v2.GaussianBlur(kernel_size=7, sigma=1.0), image, np.zeros((SIZE, SIZE), np.int64))
+    weights = np.exp(-(np.arange(-3, 4) ** 2) / 2.0)
     weights /= weights.sum()
     np.testing.assert_allclose(out_image[29:36, 29:36], np.outer(weights, weights), atol=1e-6)
     assert out_image.sum() == pytest.approx(1.0, abs=1e-5)
@@ -188,9 +185,16 @@ def test_contrast_scales_around_the_centre_by_alpha_in_range():
 def test_daeformer_has_the_ten_reference_operations_with_their_parameters():
     ops = daeformer_transforms()
     assert [type(t).__name__ for t in ops] == [
-        "RandomVerticalFlip", "RandomHorizontalFlip", "GaussianNoise", "GaussianBlur",
-        "RandomLinearContrast", "RandomScaleXY", "RandomAffine", "RandomAffine",
-        "RandomPiecewiseWarp", "RandomAffine",
+        "RandomVerticalFlip",
+        "RandomHorizontalFlip",
+        "GaussianNoise",
+        "GaussianBlur",
+        "RandomLinearContrast",
+        "RandomScaleXY",
+        "RandomAffine",
+        "RandomAffine",
+        "RandomPiecewiseWarp",
+        "RandomAffine",
     ]
     vflip, hflip, noise, blur, contrast, scale, rotate, shear, warp, translate = ops
     assert vflip.p == hflip.p == 0.5  # imgaug Flipud(0.5) / Fliplr(0.5)
@@ -211,9 +215,7 @@ def test_warp_moves_grid_points_by_scale_times_size():
     # scale * size pixels = 2 * scale in normalised units.
     warp = RandomPiecewiseWarp((0.03, 0.03))
     torch.manual_seed(0)
-    shifts = torch.stack([
-        warp.make_params([torch.zeros(1, SIZE, SIZE)])["displacement"][0, 0, 0] for _ in range(400)
-    ])
+    shifts = torch.stack([warp.make_params([torch.zeros(1, SIZE, SIZE)])["displacement"][0, 0, 0] for _ in range(400)])
     assert shifts.std(dim=0).numpy() == pytest.approx([0.06, 0.06], rel=0.15)
     assert shifts.mean(dim=0).abs().max() < 0.01
 

@@ -41,7 +41,10 @@ def test_a_dataset_json_describes_the_folder_beside_it(tmp_path):
     assert info == load_dataset_json(tmp_path / "dataset.json")
     assert (info.num_classes, info.class_names, info.intensity_clip) == (3, ("liver", "tumour"), (-100.0, 200.0))
     assert (info.root_path, info.test_path, info.list_dir) == (
-        str(tmp_path / "train_npz"), str(tmp_path / "test_vol_h5"), str(tmp_path / "lists"))
+        str(tmp_path / "train_npz"),
+        str(tmp_path / "test_vol_h5"),
+        str(tmp_path / "lists"),
+    )
     (tmp_path / "dataset.json").write_text(json.dumps({"class_names": ["a"], "intensity_clip": [5, 1]}))
     with pytest.raises(ValueError, match=r"'intensity_clip' must be null or \[low, high\]"):
         dataset_info(str(tmp_path / "dataset.json"))

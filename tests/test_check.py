@@ -35,8 +35,11 @@ def copy(phantom, tmp_path):
 def rewrite_slice(path, image=None, label=None) -> None:
     with np.load(path) as data:
         arrays = {"image": data["image"], "label": data["label"]}
-    np.savez(path, image=arrays["image"] if image is None else image(arrays["image"]),
-             label=arrays["label"] if label is None else label(arrays["label"]))
+    np.savez(
+        path,
+        image=arrays["image"] if image is None else image(arrays["image"]),
+        label=arrays["label"] if label is None else label(arrays["label"]),
+    )
 
 
 def test_the_phantom_is_clean(phantom, capsys):
@@ -56,8 +59,7 @@ def test_images_in_0_255_are_reported_per_file_with_the_fix(copy, capsys):
     assert code == 1 and len(found) == 4  # 3 shown, then the count of the others
     assert found[0].startswith(f"PROBLEM {slices[0]}: image values span [0, 255]")
     assert "divide the images by 255" in found[0]
-    assert found[3] == (f"PROBLEM ... and {len(slices) - 3} more files with the same image range problem "
-                        "(--all lists every one)")
+    assert found[3] == (f"PROBLEM ... and {len(slices) - 3} more files with the same image range problem (--all lists every one)")
     code, lines = doctor(copy, capsys, "--all")
     assert len(problems(lines)) == len(slices) and lines[-1] == f"{len(slices)} problems found ({len(slices)} image range)"
 
@@ -139,8 +141,9 @@ def test_bad_flags_exit_2_and_the_cli_runs_as_a_module(phantom, tmp_path):
     assert result.returncode == 2 and "--root" in result.stderr and str(tmp_path / "nowhere") in result.stderr
     result = run_script("-m", "datasets.check", "--root", str(phantom["out_dir"]), "--dataset", "Nope")
     assert result.returncode == 2 and "--dataset 'Nope' is not known" in result.stderr
-    result = run_script("-m", "datasets.check", "--root", str(phantom["out_dir"]), "--list_dir",
-                        str(phantom["out_dir"] / "lists"))
+    result = run_script(
+        "-m", "datasets.check", "--root", str(phantom["out_dir"]), "--list_dir", str(phantom["out_dir"] / "lists")
+    )
     assert result.returncode == 0 and result.stdout.endswith("clean: no problems found\n")
 
 
@@ -157,6 +160,5 @@ def test_2d_images_a_0_1_mask_and_a_missing_image(tmp_path, capsys):
     assert found == [
         f"PROBLEM {mask}: mask values reach only 1, below the 2-class threshold 128: it reads as all background; "
         "store the lesion as 255 (0 / 255 masks), or convert with python -m datasets.prepare.images",
-        f"PROBLEM {data / 'images' / 'ISIC_0000002.jpg'} does not exist; check --root_path / --test_path and the "
-        "list file",
+        f"PROBLEM {data / 'images' / 'ISIC_0000002.jpg'} does not exist; check --root_path / --test_path and the list file",
     ]

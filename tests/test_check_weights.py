@@ -33,8 +33,10 @@ def test_the_published_layout_fits_and_its_dead_tensors_are_dropped(tmp_path, ca
     code, lines = run(path, capsys)
     assert code == 0, lines
     assert lines[0] == f"{path}: sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}"
-    assert lines[1] == (f"{PUBLISHED_TENSORS} tensors: {NETWORK_TENSORS} of the {NETWORK_TENSORS} tensors of "
-                        "networks.DAEFormer.DAEFormer (published configuration) present with their shapes")
+    assert lines[1] == (
+        f"{PUBLISHED_TENSORS} tensors: {NETWORK_TENSORS} of the {NETWORK_TENSORS} tensors of "
+        "networks.DAEFormer.DAEFormer (published configuration) present with their shapes"
+    )
     assert lines[2].startswith(f"{PUBLISHED_TENSORS - NETWORK_TENSORS} tensors of modules the reference builds")
     assert lines[-1] == "clean: the weights fit the published network"
 
@@ -60,8 +62,7 @@ def test_renamed_missing_and_mis_shaped_tensors_are_named(tmp_path, capsys):
     found = [line for line in lines if line.startswith("PROBLEM")]
     assert code == 1 and lines[-1] == "4 problems found (2 missing, 1 unexpected, 1 mis-shaped)"
     assert found == [
-        "PROBLEM mis-shaped tensor decoder_1.layer_former_1.attn.queries.bias: [7] in the file, [320] in the "
-        "published network",
+        "PROBLEM mis-shaped tensor decoder_1.layer_former_1.attn.queries.bias: [7] in the file, [320] in the published network",
         "PROBLEM missing tensor backbone.norm1.weight [128]: the file lacks it",
         "PROBLEM missing tensor decoder_0.last_layer.bias [9]: the file lacks it",
         "PROBLEM unexpected tensor backbone.norm1.weight_renamed [128]: the published network has no such tensor "
@@ -74,8 +75,10 @@ def test_a_14_class_head_is_explained(tmp_path, capsys):
     torch.save(DAEFormer(num_classes=14).state_dict(), path)
     code, lines = run(path, capsys)
     assert code == 1
-    assert ("PROBLEM mis-shaped tensor decoder_0.last_layer.weight: [14, 128, 1, 1] in the file, [9, 128, 1, 1] in "
-            "the published network (a 14-class head; the published Synapse network has 9 classes)") in lines
+    assert (
+        "PROBLEM mis-shaped tensor decoder_0.last_layer.weight: [14, 128, 1, 1] in the file, [9, 128, 1, 1] in "
+        "the published network (a 14-class head; the published Synapse network has 9 classes)"
+    ) in lines
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])

@@ -6,8 +6,7 @@ from bench.data_speed import run
 
 
 def test_data_speed_reads_every_slice_through_both_pipelines():
-    rows = run(slices=3, size=48, img_size=32, augmentations=["daeformer", "none"], repeats=2,
-               seed=0)
+    rows = run(slices=3, size=48, img_size=32, augmentations=["daeformer", "none"], repeats=2, seed=0)
     assert [row["augment"] for row in rows] == ["daeformer", "none"]
     for row in rows:
         assert row["slices"] == 3

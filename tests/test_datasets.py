@@ -34,8 +34,7 @@ def write_slice(folder: Path, name: str, image=None, label=None, **extra) -> Pat
     if image is not False:
         arrays["image"] = rng.random((12, 10), dtype=np.float32) if image is None else image
     if label is not False:
-        arrays["label"] = (rng.integers(0, NUM_CLASSES, (12, 10)).astype(np.float32)
-                           if label is None else label)
+        arrays["label"] = rng.integers(0, NUM_CLASSES, (12, 10)).astype(np.float32) if label is None else label
     arrays.update(extra)
     path = folder / f"{name}.npz"
     np.savez(path, **arrays)
@@ -54,8 +53,7 @@ def write_volume(folder: Path, name: str, image=None, label=None, spacing=None) 
     with h5py.File(path, "w") as file:
         file["image"] = rng.random((3, 6, 5), dtype=np.float32) if image is None else image
         if label is not False:
-            file["label"] = (rng.integers(0, NUM_CLASSES, (3, 6, 5)).astype(np.float32)
-                             if label is None else label)
+            file["label"] = rng.integers(0, NUM_CLASSES, (3, 6, 5)).astype(np.float32) if label is None else label
         if spacing is not None:
             file.attrs["spacing"] = spacing
     return path
@@ -109,8 +107,7 @@ def test_slices_item_without_augmentation(tmp_path):
     uint8_label = np.random.default_rng(1).integers(0, NUM_CLASSES, (12, 10)).astype(np.uint8)
     write_slice(data, "case0002_slice000", label=uint8_label)
     names.append("case0002_slice000")
-    dataset = SynapseSlices(data, write_list(tmp_path / "train.txt", names), NUM_CLASSES,
-                            img_size=(8, 8), augment=None)
+    dataset = SynapseSlices(data, write_list(tmp_path / "train.txt", names), NUM_CLASSES, img_size=(8, 8), augment=None)
     assert len(dataset) == 3
     for index, name in enumerate(names):
         item = dataset[index]
@@ -121,8 +118,7 @@ def test_slices_item_without_augmentation(tmp_path):
         assert item["label"].dtype == torch.int64 and item["label"].shape == (8, 8)
         # Training resizes with float32 products (TRAINING_ZOOM_PRODUCTS): within a few
         # float32 roundings of scipy's zoom; labels exactly equal.
-        np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8)),
-                                   rtol=0, atol=4e-6)
+        np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8)), rtol=0, atol=4e-6)
         np.testing.assert_array_equal(item["label"].numpy(), resize_label(label, (8, 8)))
     batch = next(iter(DataLoader(dataset, batch_size=2)))
     assert batch["image"].shape == (2, 1, 8, 8) and batch["case_name"] == names[:2]
@@ -144,26 +140,24 @@ def test_slices_augmentation_runs_after_the_resize_or_first_on_request(tmp_path)
     names = write_list(tmp_path / "t.txt", ["case0001_slice000"])
     item = SynapseSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip)[0]
     assert seen == [((8, 8), np.float32, np.int64)]
-    np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8))[::-1],
-                               rtol=0, atol=4e-6)
+    np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8))[::-1], rtol=0, atol=4e-6)
     np.testing.assert_array_equal(item["label"].numpy(), resize_label(label, (8, 8))[::-1])
 
-    item = SynapseSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip,
-                         augment_first=True)[0]
+    item = SynapseSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip, augment_first=True)[0]
     assert seen[1] == ((12, 10), np.float32, np.int64)
     np.testing.assert_array_equal(item["image"][0].numpy(), preprocess_slice(image[::-1], (8, 8)))
     np.testing.assert_array_equal(item["label"].numpy(), resize_label(label[::-1], (8, 8)))
     # The sample positions 11k/7 of 12 -> 8 are symmetric (11 - 11k/7 = 11(7-k)/7), so a flip
     # commutes with this resize: both orders agree up to rounding.
-    np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8))[::-1],
-                               atol=1e-6)
+    np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8))[::-1], atol=1e-6)
 
 
 def test_slices_with_named_augmentation(tmp_path):
     data = tmp_path / "train_npz"
     write_slice(data, "case0001_slice000")
-    dataset = SynapseSlices(data, write_list(tmp_path / "t.txt", ["case0001_slice000"]),
-                            NUM_CLASSES, img_size=(16, 16), augment="daeformer")
+    dataset = SynapseSlices(
+        data, write_list(tmp_path / "t.txt", ["case0001_slice000"]), NUM_CLASSES, img_size=(16, 16), augment="daeformer"
+    )
     torch.manual_seed(0)
     for _ in range(5):
         item = dataset[0]
@@ -186,28 +180,24 @@ def expect_data_error(path_in_message, make, read=False):
 def test_slices_construction_errors(tmp_path):
     data = tmp_path / "train_npz"
     missing_list = tmp_path / "nope.txt"
-    assert "does not exist" in expect_data_error(
-        missing_list, lambda: SynapseSlices(data, missing_list, NUM_CLASSES))
+    assert "does not exist" in expect_data_error(missing_list, lambda: SynapseSlices(data, missing_list, NUM_CLASSES))
     empty = write_list(tmp_path / "empty.txt", [])
     (tmp_path / "empty.txt").write_text("\n  \n")
     assert "is empty" in expect_data_error(empty, lambda: SynapseSlices(data, empty, NUM_CLASSES))
 
     write_slice(data, "case0001_slice000")
     listed = write_list(tmp_path / "t.txt", ["case0001_slice000", "case0001_slice001"])
-    message = expect_data_error(data / "case0001_slice001.npz",
-                                lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    message = expect_data_error(data / "case0001_slice001.npz", lambda: SynapseSlices(data, listed, NUM_CLASSES))
     assert "does not exist" in message and "t.txt" in message
 
     no_label = write_slice(data, "case0002_slice000", label=False)
     listed = write_list(tmp_path / "t2.txt", ["case0002_slice000"])
-    assert "no 'label' array" in expect_data_error(
-        no_label, lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    assert "no 'label' array" in expect_data_error(no_label, lambda: SynapseSlices(data, listed, NUM_CLASSES))
 
     not_zip = data / "case0003_slice000.npz"
     not_zip.write_bytes(b"definitely not a zip archive")
     listed = write_list(tmp_path / "t3.txt", ["case0003_slice000"])
-    assert "not a .npz" in expect_data_error(
-        not_zip, lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    assert "not a .npz" in expect_data_error(not_zip, lambda: SynapseSlices(data, listed, NUM_CLASSES))
 
     truncated = write_slice(data, "case0004_slice000")
     truncated.write_bytes(truncated.read_bytes()[:300])
@@ -220,13 +210,11 @@ def test_slices_construction_errors(tmp_path):
 
 BAD_SLICES = {
     "shape mismatch": (dict(label=np.zeros((12, 9), np.float32)), "differs from image shape"),
-    "wrong ndim": (dict(image=np.zeros((2, 12, 10), np.float32),
-                        label=np.zeros((2, 12, 10), np.float32)), "image has 3 dims"),
+    "wrong ndim": (dict(image=np.zeros((2, 12, 10), np.float32), label=np.zeros((2, 12, 10), np.float32)), "image has 3 dims"),
     "nan image": (dict(image=np.full((12, 10), np.nan, np.float32)), "NaN"),
     "nan label": (dict(label=np.full((12, 10), np.nan, np.float32)), "NaN"),
     "fractional label": (dict(label=np.full((12, 10), 1.5, np.float32)), "non-integer"),
-    "label too large": (dict(label=np.full((12, 10), NUM_CLASSES, np.float32)),
-                        "expected class ids in [0, 9)"),
+    "label too large": (dict(label=np.full((12, 10), NUM_CLASSES, np.float32)), "expected class ids in [0, 9)"),
     "negative label": (dict(label=np.full((12, 10), -1, np.int16)), "span [-1, -1]"),
 }
 
@@ -237,8 +225,7 @@ def test_slices_item_errors(tmp_path, case):
     data = tmp_path / "train_npz"
     path = write_slice(data, "case0001_slice000", **arrays)
     listed = write_list(tmp_path / "t.txt", ["case0001_slice000"])
-    message = expect_data_error(
-        path, lambda: SynapseSlices(data, listed, NUM_CLASSES, augment=None), read=True)
+    message = expect_data_error(path, lambda: SynapseSlices(data, listed, NUM_CLASSES, augment=None), read=True)
     assert expected in message
     # check=False skips validation of the arrays (the caller vouches for the data)
     if case in ("nan image", "fractional label"):
@@ -259,8 +246,7 @@ def test_corrupt_array_data_is_caught_on_read(tmp_path):
 def test_file_corrupted_after_construction_still_names_file(tmp_path):
     data = tmp_path / "train_npz"
     path = write_slice(data, "case0001_slice000")
-    dataset = SynapseSlices(data, write_list(tmp_path / "t.txt", ["case0001_slice000"]),
-                            NUM_CLASSES, augment=None)
+    dataset = SynapseSlices(data, write_list(tmp_path / "t.txt", ["case0001_slice000"]), NUM_CLASSES, augment=None)
     path.write_bytes(b"garbage")
     expect_data_error(path, lambda: dataset, read=True)
 
@@ -272,8 +258,7 @@ def test_volume_item_with_and_without_spacing(tmp_path):
     data = tmp_path / "test_vol_h5"
     write_volume(data, "case0008", spacing=[3.0, 0.75, 0.7])
     write_volume(data, "case0022")
-    dataset = SynapseVolumes(data, write_list(tmp_path / "v.txt", ["case0008", "case0022"]),
-                             NUM_CLASSES)
+    dataset = SynapseVolumes(data, write_list(tmp_path / "v.txt", ["case0008", "case0022"]), NUM_CLASSES)
     item = dataset[0]
     with h5py.File(data / "case0008.npy.h5") as file:
         np.testing.assert_array_equal(item["image"], file["image"][()])
@@ -296,8 +281,7 @@ def test_volume_without_label(tmp_path):
 
 
 BAD_VOLUMES = {
-    "wrong ndim": (dict(image=np.zeros((6, 5), np.float32), label=np.zeros((6, 5))),
-                   "image has 2 dims"),
+    "wrong ndim": (dict(image=np.zeros((6, 5), np.float32), label=np.zeros((6, 5))), "image has 2 dims"),
     "shape mismatch": (dict(label=np.zeros((3, 6, 4), np.float32)), "differs from image shape"),
     "infinite image": (dict(image=np.full((3, 6, 5), np.inf, np.float32)), "infinite"),
     "label too large": (dict(label=np.full((3, 6, 5), 12.0, np.float32)), "span [12, 12]"),
@@ -312,19 +296,16 @@ def test_volume_item_errors(tmp_path, case):
     data = tmp_path / "test_vol_h5"
     path = write_volume(data, "case0001", **arrays)
     listed = write_list(tmp_path / "v.txt", ["case0001"])
-    assert expected in expect_data_error(
-        path, lambda: SynapseVolumes(data, listed, NUM_CLASSES), read=True)
+    assert expected in expect_data_error(path, lambda: SynapseVolumes(data, listed, NUM_CLASSES), read=True)
 
 
 def test_volume_construction_errors(tmp_path):
     data = tmp_path / "test_vol_h5"
     data.mkdir()
     listed = write_list(tmp_path / "v.txt", ["case0001"])
-    assert "does not exist" in expect_data_error(
-        data / "case0001.npy.h5", lambda: SynapseVolumes(data, listed, NUM_CLASSES))
+    assert "does not exist" in expect_data_error(data / "case0001.npy.h5", lambda: SynapseVolumes(data, listed, NUM_CLASSES))
     (data / "case0001.npy.h5").write_bytes(b"not hdf5 at all")
-    assert "not a readable HDF5" in expect_data_error(
-        data / "case0001.npy.h5", lambda: SynapseVolumes(data, listed, NUM_CLASSES))
+    assert "not a readable HDF5" in expect_data_error(data / "case0001.npy.h5", lambda: SynapseVolumes(data, listed, NUM_CLASSES))
     missing_list = tmp_path / "none.txt"
     expect_data_error(missing_list, lambda: SynapseVolumes(data, missing_list, NUM_CLASSES))
 
@@ -355,8 +336,7 @@ def test_slices_to_volumes_stacks_in_slice_order(tmp_path):
 def test_slices_to_volumes_errors(tmp_path):
     data = tmp_path / "train_npz"
     write_slice(data, "case0001_slice000")
-    write_slice(data, "case0001_slice001", image=np.zeros((6, 6), np.float32),
-                label=np.zeros((6, 6), np.float32))
+    write_slice(data, "case0001_slice001", image=np.zeros((6, 6), np.float32), label=np.zeros((6, 6), np.float32))
     with pytest.raises(DataError, match="case case0009 has no slices"):
         slices_to_volumes(data, ["case0001_slice000"], ["case0009"])
     with pytest.raises(DataError, match=r"case0001_slice001.npz: slice shape \(6, 6\) differs"):
@@ -366,8 +346,14 @@ def test_slices_to_volumes_errors(tmp_path):
 
 
 def test_split_cases_holds_out_the_last_cases_in_sorted_order():
-    names = ["case0003_slice000", "case0001_slice000", "case0010_slice001", "case0002_slice000",
-             "case0010_slice000", "case0003_slice001"]
+    names = [
+        "case0003_slice000",
+        "case0001_slice000",
+        "case0010_slice001",
+        "case0002_slice000",
+        "case0010_slice000",
+        "case0003_slice001",
+    ]
     train, held_out = split_cases(names, 2)
     assert held_out == ["case0003", "case0010"]
     assert train == ["case0001_slice000", "case0002_slice000"]

@@ -46,8 +46,18 @@ def assert_same_metrics(first: dict, second: dict) -> None:
 
 def test_volumes_train_py_logs_what_test_py_writes_for_the_same_checkpoint(phantom, trained_run, tmp_path):
     trained = json.loads((trained_run / "eval" / "epoch_1" / "metrics.json").read_text())
-    code = load_test_script().main(["--ckpt", str(trained_run / "UNet_epoch_1.pth"), "--volume_path", str(phantom["out_dir"]),
-                                    "--list_dir", str(phantom["train_list"].parent), "--test_save_dir", str(tmp_path)])
+    code = load_test_script().main(
+        [
+            "--ckpt",
+            str(trained_run / "UNet_epoch_1.pth"),
+            "--volume_path",
+            str(phantom["out_dir"]),
+            "--list_dir",
+            str(phantom["train_list"].parent),
+            "--test_save_dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     tested = json.loads((tmp_path / "metrics.json").read_text())
     assert [c["case"] for c in trained["cases"]] == [c["case"] for c in tested["cases"]] == phantom["test_case_ids"]
@@ -64,13 +74,50 @@ def test_images_train_py_logs_what_test_py_writes_for_the_same_checkpoint(tmp_pa
     shutil.copytree(data["list_dir"], lists)
     shutil.copy(lists / "val.txt", lists / "test.txt")  # test.py scores what train.py validated on
     run = tmp_path / "run"
-    assert train_script.main([
-        "--dataset", "ISIC2018", "--root_path", str(data["out_dir"]), "--test_path", str(data["out_dir"]),
-        "--list_dir", str(lists), "--output_dir", str(run), "--img_size", str(TINY_SIZE), "--batch_size", "2",
-        "--num_workers", "0", "--eval_interval", "1", "--max_epochs", "1", *TINY_UNET]) == 0
+    assert (
+        train_script.main(
+            [
+                "--dataset",
+                "ISIC2018",
+                "--root_path",
+                str(data["out_dir"]),
+                "--test_path",
+                str(data["out_dir"]),
+                "--list_dir",
+                str(lists),
+                "--output_dir",
+                str(run),
+                "--img_size",
+                str(TINY_SIZE),
+                "--batch_size",
+                "2",
+                "--num_workers",
+                "0",
+                "--eval_interval",
+                "1",
+                "--max_epochs",
+                "1",
+                *TINY_UNET,
+            ]
+        )
+        == 0
+    )
     trained = json.loads((run / "eval" / "epoch_0" / "metrics.json").read_text())
-    assert load_test_script().main(["--ckpt", str(run / "UNet_epoch_0.pth"), "--volume_path", str(data["out_dir"]),
-                                    "--list_dir", str(lists), "--test_save_dir", str(tmp_path / "test")]) == 0
+    assert (
+        load_test_script().main(
+            [
+                "--ckpt",
+                str(run / "UNet_epoch_0.pth"),
+                "--volume_path",
+                str(data["out_dir"]),
+                "--list_dir",
+                str(lists),
+                "--test_save_dir",
+                str(tmp_path / "test"),
+            ]
+        )
+        == 0
+    )
     tested = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert [c["case"] for c in tested["cases"]] == data["val"]
     assert_same_metrics(trained, tested)

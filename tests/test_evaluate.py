@@ -51,8 +51,14 @@ def read_volumes(phantom: dict) -> list[dict]:
     cases = []
     for name in phantom["test_case_ids"]:
         with h5py.File(phantom["test_dir"] / f"{name}.npy.h5") as f:
-            cases.append({"name": name, "image": f["image"][()], "label": f["label"][()].astype(np.int64),
-                          "spacing": tuple(f.attrs["spacing"])})
+            cases.append(
+                {
+                    "name": name,
+                    "image": f["image"][()],
+                    "label": f["label"][()].astype(np.int64),
+                    "spacing": tuple(f.attrs["spacing"]),
+                }
+            )
     return cases
 
 
@@ -65,16 +71,37 @@ def bands_ckpt(tmp_path_factory):
 
 
 def evaluate(phantom, output_dir, *flags: str) -> dict:
-    code = TEST_SCRIPT.main(["--volume_path", str(phantom["out_dir"]), "--list_dir", str(phantom["test_list"].parent),
-                             "--output_dir", str(output_dir), *flags])
+    code = TEST_SCRIPT.main(
+        [
+            "--volume_path",
+            str(phantom["out_dir"]),
+            "--list_dir",
+            str(phantom["test_list"].parent),
+            "--output_dir",
+            str(output_dir),
+            *flags,
+        ]
+    )
     assert code == 0
     return json.loads((output_dir / "test" / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("convention, spacing", [("published", None), ("nan", "file")])
 def test_every_number_equals_the_published_protocol_with_medpy(phantom, bands_ckpt, tmp_path, convention, spacing):
-    flags = ["--ckpt", str(bands_ckpt), "--module", BANDS, "--img_size", "48", "--workers", "2",
-             "--metric_convention", convention, "--spacing", spacing or "voxel"]
+    flags = [
+        "--ckpt",
+        str(bands_ckpt),
+        "--module",
+        BANDS,
+        "--img_size",
+        "48",
+        "--workers",
+        "2",
+        "--metric_convention",
+        convention,
+        "--spacing",
+        spacing or "voxel",
+    ]
     metrics = evaluate(phantom, tmp_path, *flags)
     model = IntensityBands(9, 48).eval()
     expected = []
@@ -135,8 +162,18 @@ def test_published_layout_state_dict_with_module_prefix_evaluates(phantom, tmp_p
     torch.manual_seed(0)
     model = DAEFormer(num_classes=9, img_size=TINY_SIZE, **small)
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "weights.pth")
-    metrics = evaluate(phantom, tmp_path, "--ckpt", str(tmp_path / "weights.pth"), "--module", "networks.DAEFormer.DAEFormer",
-                       "--model_kwargs", json.dumps(small), "--img_size", str(TINY_SIZE))
+    metrics = evaluate(
+        phantom,
+        tmp_path,
+        "--ckpt",
+        str(tmp_path / "weights.pth"),
+        "--module",
+        "networks.DAEFormer.DAEFormer",
+        "--model_kwargs",
+        json.dumps(small),
+        "--img_size",
+        str(TINY_SIZE),
+    )
     assert len(metrics["per_class"]) == 8
 
 
@@ -149,8 +186,9 @@ class Payload:
 
 def test_a_malicious_checkpoint_is_refused_and_its_code_never_runs(phantom, tmp_path):
     torch.save({"model": Payload()}, tmp_path / "evil.pth")
-    result = run_script("test.py", "--ckpt", str(tmp_path / "evil.pth"), "--volume_path", str(phantom["out_dir"]),
-                        "--output_dir", str(tmp_path))
+    result = run_script(
+        "test.py", "--ckpt", str(tmp_path / "evil.pth"), "--volume_path", str(phantom["out_dir"]), "--output_dir", str(tmp_path)
+    )
     assert result.returncode == 2
     assert "refused to load" in result.stderr and "Traceback" not in result.stderr
     assert not (REPO / "pwned_by_test_py").exists() and not list(tmp_path.rglob("pwned_by_test_py"))
@@ -166,8 +204,19 @@ def test_new_nifti_scans_come_out_as_nifti_with_their_geometry(phantom, bands_ck
     scans = tmp_path / "scans"
     scans.mkdir()
     sitk.WriteImage(scan, str(scans / "patient7.nii.gz"))
-    result = run_script("test.py", "--ckpt", str(bands_ckpt), "--module", BANDS, "--img_size", "48",
-                        "--volume_path", str(scans), "--output_dir", str(tmp_path))
+    result = run_script(
+        "test.py",
+        "--ckpt",
+        str(bands_ckpt),
+        "--module",
+        BANDS,
+        "--img_size",
+        "48",
+        "--volume_path",
+        str(scans),
+        "--output_dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "test" / "metrics.json").exists()
     out = sitk.ReadImage(str(tmp_path / "test" / "patient7_pred.nii.gz"))

@@ -8,8 +8,9 @@ from tests.conftest import run_script
 
 
 def test_the_report_runs_every_stage_and_projects_the_recipe_from_the_measured_pace(tmp_path):
-    result = run_script("-m", "bench.gpu_report", "--device", "cpu", "--small", "--json", str(tmp_path / "report.json"),
-                        timeout=600)
+    result = run_script(
+        "-m", "bench.gpu_report", "--device", "cpu", "--small", "--json", str(tmp_path / "report.json"), timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [step["variant"] for step in report["steps"]] == ["fp32"]

@@ -75,10 +75,31 @@ def isic(tmp_path_factory) -> dict:
 
 def test_train_and_test_end_to_end_with_dataset_isic2018(isic, tmp_path):
     run = tmp_path / "run"
-    code = train_script.main([
-        "--dataset", "ISIC2018", "--root_path", str(isic["out_dir"]), "--test_path", str(isic["out_dir"]),
-        "--list_dir", str(isic["list_dir"]), "--output_dir", str(run), "--img_size", str(TINY_SIZE),
-        "--batch_size", "2", "--num_workers", "0", "--eval_interval", "1", "--max_epochs", "1", *TINY_UNET])
+    code = train_script.main(
+        [
+            "--dataset",
+            "ISIC2018",
+            "--root_path",
+            str(isic["out_dir"]),
+            "--test_path",
+            str(isic["out_dir"]),
+            "--list_dir",
+            str(isic["list_dir"]),
+            "--output_dir",
+            str(run),
+            "--img_size",
+            str(TINY_SIZE),
+            "--batch_size",
+            "2",
+            "--num_workers",
+            "0",
+            "--eval_interval",
+            "1",
+            "--max_epochs",
+            "1",
+            *TINY_UNET,
+        ]
+    )
     assert code == 0
     assert load_checkpoint(run / "last.pth")["model_kwargs"]["in_chans"] == 3  # RGB from the table
     log = (run / "log.txt").read_text()
@@ -86,8 +107,19 @@ def test_train_and_test_end_to_end_with_dataset_isic2018(isic, tmp_path):
     assert (run / "best.pth").exists()
 
     save = tmp_path / "test"
-    code = load_test_script().main(["--output_dir", str(run), "--volume_path", str(isic["out_dir"]),
-                                    "--list_dir", str(isic["list_dir"]), "--test_save_dir", str(save), "--save_png"])
+    code = load_test_script().main(
+        [
+            "--output_dir",
+            str(run),
+            "--volume_path",
+            str(isic["out_dir"]),
+            "--list_dir",
+            str(isic["list_dir"]),
+            "--test_save_dir",
+            str(save),
+            "--save_png",
+        ]
+    )
     assert code == 0
     metrics = json.loads((save / "metrics.json").read_text())
     # recount from the saved predictions and the masks, by hand
@@ -98,8 +130,13 @@ def test_train_and_test_end_to_end_with_dataset_isic2018(isic, tmp_path):
         totals += [(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum(), (~pred & ~gt).sum()]
     tp, fp, fn, tn = totals
     assert metrics["per_class"][0]["tp"] == tp and metrics["per_class"][0]["tn"] == tn
-    expected = {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "sensitivity": tp / (tp + fn),
-                "specificity": tn / (tn + fp), "accuracy": (tp + tn) / totals.sum()}
+    expected = {
+        "dice": 2 * tp / (2 * tp + fp + fn),
+        "iou": tp / (tp + fp + fn),
+        "sensitivity": tp / (tp + fn),
+        "specificity": tn / (tn + fp),
+        "accuracy": (tp + tn) / totals.sum(),
+    }
     for metric, value in expected.items():
         assert metrics[metric] == pytest.approx(value), metric
     assert [case["case"] for case in metrics["cases"]] == isic["test"]

@@ -1,11 +1,11 @@
 """The layering of the repository, written down once and checked on every module's imports.
 
-    train.py, test.py  (scripts: nothing imports them)
-        -> bench/      (measurements: may use everything below)
-        -> utils/      (library: loader, evaluation engine, training step, checkpoints, metrics)
-        -> datasets/   (readers, converters, generators: data only, never networks or utils)
-        -> torch & friends
-    networks/          (torch and einops only: a network never depends on the data or the scripts)
+train.py, test.py  (scripts: nothing imports them)
+    -> bench/      (measurements: may use everything below)
+    -> utils/      (library: loader, evaluation engine, training step, checkpoints, metrics)
+    -> datasets/   (readers, converters, generators: data only, never networks or utils)
+    -> torch & friends
+networks/          (torch and einops only: a network never depends on the data or the scripts)
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def test_the_rule_catches_a_violation(tmp_path):
 
 
 def test_importing_one_utils_module_stays_light():
-    code = ("import sys\nimport utils\nfrom utils.errors import UserError\nfrom utils.cli import add_ignored_flags\n"
-            "print(sorted(m for m in ('torch', 'torchvision', 'h5py', 'scipy', 'SimpleITK') if m in sys.modules))")
+    code = (
+        "import sys\nimport utils\nfrom utils.errors import UserError\nfrom utils.cli import add_ignored_flags\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'h5py', 'scipy', 'SimpleITK') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

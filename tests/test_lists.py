@@ -19,14 +19,38 @@ COMMITTED = REPO / "lists" / "lists_Synapse"
 
 # Written out again here (from the published split) so that a typo in the module is caught.
 EXPECTED_TEST_ORDER = [
-    "case0008", "case0022", "case0038", "case0036", "case0032", "case0002",
-    "case0029", "case0003", "case0001", "case0004", "case0025", "case0035",
+    "case0008",
+    "case0022",
+    "case0038",
+    "case0036",
+    "case0032",
+    "case0002",
+    "case0029",
+    "case0003",
+    "case0001",
+    "case0004",
+    "case0025",
+    "case0035",
 ]
 EXPECTED_COUNTS = {
-    "case0005": 117, "case0006": 131, "case0007": 163, "case0009": 149, "case0010": 148,
-    "case0021": 143, "case0023": 96, "case0024": 124, "case0026": 131, "case0027": 88,
-    "case0028": 89, "case0030": 153, "case0031": 93, "case0033": 104, "case0034": 98,
-    "case0037": 99, "case0039": 90, "case0040": 195,
+    "case0005": 117,
+    "case0006": 131,
+    "case0007": 163,
+    "case0009": 149,
+    "case0010": 148,
+    "case0021": 143,
+    "case0023": 96,
+    "case0024": 124,
+    "case0026": 131,
+    "case0027": 88,
+    "case0028": 89,
+    "case0030": 153,
+    "case0031": 93,
+    "case0033": 104,
+    "case0034": 98,
+    "case0037": 99,
+    "case0039": 90,
+    "case0040": 195,
 }
 
 
@@ -64,7 +88,10 @@ def test_parse_and_sort_slice_names():
     assert parse_slice_name("case0005_slice007") == ("case0005", 7)
     names = ["case0002_slice010", "case0001_slice1000", "case0002_slice002", "case0001_slice999"]
     assert sort_slice_names(names) == [
-        "case0001_slice999", "case0001_slice1000", "case0002_slice002", "case0002_slice010",
+        "case0001_slice999",
+        "case0001_slice1000",
+        "case0002_slice002",
+        "case0002_slice010",
     ]
     with pytest.raises(ValueError, match="case0005.npz"):
         parse_slice_name("case0005.npz")
@@ -89,9 +116,7 @@ def test_write_synapse_lists_sorts_by_case_then_slice(tmp_path):
     train, test = write_synapse_lists(tmp_path / "data", tmp_path / "lists")
     assert train == tmp_path / "lists" / "train.txt"
     assert test == tmp_path / "lists" / "test_vol.txt"
-    assert train.read_text() == (
-        "case0002_slice002\ncase0002_slice010\ncase0010_slice000\ncase0010_slice001\n"
-    )
+    assert train.read_text() == ("case0002_slice002\ncase0002_slice010\ncase0010_slice000\ncase0010_slice001\n")
     assert test.read_text() == "case0008\ncase0022\n"
 
 

@@ -42,8 +42,7 @@ def assert_matches_medpy(pred: np.ndarray, gt: np.ndarray, spacing=None) -> None
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize(
     "shape, spacing",
-    [((40, 52), None), ((40, 52), ANISOTROPIC_2D), ((18, 22, 26), None),
-     ((18, 22, 26), ANISOTROPIC_3D)],
+    [((40, 52), None), ((40, 52), ANISOTROPIC_2D), ((18, 22, 26), None), ((18, 22, 26), ANISOTROPIC_3D)],
 )
 def test_random_blobs_match_medpy(seed, shape, spacing):
     rng = np.random.default_rng(seed)
@@ -214,9 +213,7 @@ def test_empty_mask_conventions(pred, gt, published, nan_convention):
     assert calculate_metric_percase(pred, gt) == published
     assert calculate_metric_percase(pred, gt, convention="published") == published
     np.testing.assert_equal(calculate_metric_percase(pred, gt, convention="nan"), nan_convention)
-    np.testing.assert_equal(
-        calculate_metric_percase(pred, gt, (1.0, 2.0, 3.0), convention="nan"), nan_convention
-    )
+    np.testing.assert_equal(calculate_metric_percase(pred, gt, (1.0, 2.0, 3.0), convention="nan"), nan_convention)
 
 
 def test_both_non_empty_is_the_same_in_both_conventions():
@@ -258,19 +255,12 @@ def test_metrics_for_classes_equals_per_class_loop(convention, spacing):
     gt[gt == 4] = 0
     pred[pred == 4] = 0  # class 4 in neither
     pred[0, 0, 0] = num_classes + 2  # out of range: ignored, as in the loop
-    expected = np.array(
-        [
-            calculate_metric_percase(pred == c, gt == c, spacing, convention)
-            for c in range(1, num_classes)
-        ]
-    )
+    expected = np.array([calculate_metric_percase(pred == c, gt == c, spacing, convention) for c in range(1, num_classes)])
     result = metrics_for_classes(pred, gt, num_classes, spacing, convention)
     assert result.shape == (num_classes - 1, 2)
     np.testing.assert_allclose(result, expected, rtol=RTOL, atol=0)
     # Float label maps, as read from an h5 file, score the same.
-    float_result = metrics_for_classes(
-        pred.astype(np.float32), gt.astype(np.float64), num_classes, spacing, convention
-    )
+    float_result = metrics_for_classes(pred.astype(np.float32), gt.astype(np.float64), num_classes, spacing, convention)
     np.testing.assert_allclose(float_result, expected, rtol=RTOL, atol=0)
 
 

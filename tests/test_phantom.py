@@ -82,8 +82,7 @@ def test_layout_file_names_and_summary(small):
         count = sum(name.startswith(case) for name in names)
         assert 5 <= count <= 7
         # Every slice, 0-based and without gaps.
-        assert [n for n in names if n.startswith(case)] == [
-            f"{case}_slice{k:03d}.npz" for k in range(count)]
+        assert [n for n in names if n.startswith(case)] == [f"{case}_slice{k:03d}.npz" for k in range(count)]
     assert sorted(p.name for p in (out / "test_vol_h5").iterdir()) == ["case0004.npy.h5"]
 
 
@@ -233,8 +232,7 @@ def test_organ_intensities_follow_contrast_enhanced_ct(cases):
         assert abs(mean[LIVER] - mean[SPLEEN]) < 40 / 400
         means.append(mean)
     # Enhancement varies case to case; over the cases the textbook values hold within 25 HU.
-    for organ, hu in ((AORTA, 200.0), (LIVER, 100.0), (SPLEEN, 110.0), (PANCREAS, 90.0),
-                      (GALLBLADDER, 10.0)):
+    for organ, hu in ((AORTA, 200.0), (LIVER, 100.0), (SPLEEN, 110.0), (PANCREAS, 90.0), (GALLBLADDER, 10.0)):
         assert abs(np.mean([m[organ] for m in means]) - window(hu)) < 25 / 400, organ
 
 
@@ -242,15 +240,18 @@ def test_organ_intensities_follow_contrast_enhanced_ct(cases):
 # Errors
 
 
-@pytest.mark.parametrize("change, flag", [
-    (dict(size=16), "--size"),
-    (dict(train_cases=0), "--train_cases"),
-    (dict(test_cases=-1), "--test_cases"),
-    (dict(min_slices=0), "--min_slices"),
-    (dict(min_slices=9, max_slices=8), "--max_slices"),
-    (dict(max_slices=1001), "--max_slices"),
-    (dict(seed=-1), "--seed"),
-])
+@pytest.mark.parametrize(
+    "change, flag",
+    [
+        (dict(size=16), "--size"),
+        (dict(train_cases=0), "--train_cases"),
+        (dict(test_cases=-1), "--test_cases"),
+        (dict(min_slices=0), "--min_slices"),
+        (dict(min_slices=9, max_slices=8), "--max_slices"),
+        (dict(max_slices=1001), "--max_slices"),
+        (dict(seed=-1), "--seed"),
+    ],
+)
 def test_bad_arguments_raise_one_line_errors_naming_the_flag(tmp_path, change, flag):
     with pytest.raises(ValueError, match=re.escape(flag)) as error:
         generate_dataset(tmp_path, **{**SMALL, **change})
@@ -279,15 +280,33 @@ def test_old_files_need_overwrite_which_removes_them(tmp_path):
         generate_dataset(tmp_path, train_cases=1, **args)
     summary = generate_dataset(tmp_path, train_cases=1, overwrite=True, **args)
     assert sorted(p.name for p in (tmp_path / "train_npz").iterdir()) == [
-        "case0001_slice000.npz", "case0001_slice001.npz", "case0001_slice002.npz"]
+        "case0001_slice000.npz",
+        "case0001_slice001.npz",
+        "case0001_slice002.npz",
+    ]
     assert sorted(p.name for p in (tmp_path / "test_vol_h5").iterdir()) == ["case0002.npy.h5"]
-    assert summary["train_list"].read_text().split() == [
-        "case0001_slice000", "case0001_slice001", "case0001_slice002"]
+    assert summary["train_list"].read_text().split() == ["case0001_slice000", "case0001_slice001", "case0001_slice002"]
 
 
 def test_cli_writes_a_data_set(tmp_path):
-    summary = main(["--out", str(tmp_path), "--size", "32", "--train_cases", "1",
-                    "--test_cases", "1", "--min_slices", "3", "--max_slices", "3", "--seed", "4"])
+    summary = main(
+        [
+            "--out",
+            str(tmp_path),
+            "--size",
+            "32",
+            "--train_cases",
+            "1",
+            "--test_cases",
+            "1",
+            "--min_slices",
+            "3",
+            "--max_slices",
+            "3",
+            "--seed",
+            "4",
+        ]
+    )
     assert summary["num_train_slices"] == 3 and summary["num_test_slices"] == 3
     image, label = case_from_seed(4, 1, 32, 3, 3)
     got_image, _ = read_training_case(tmp_path / "train_npz", "case0001")

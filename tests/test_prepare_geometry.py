@@ -32,18 +32,32 @@ def folders(tmp_path, **label_geometry) -> list[str]:
     rng = np.random.default_rng(0)
     for case in ("a", "b"):
         write(tmp_path / "images" / f"{case}.nii.gz", rng.uniform(-100, 200, (3, 8, 8)).astype(np.float32))
-        write(tmp_path / "labels" / f"{case}.nii.gz", rng.integers(0, 2, (3, 8, 8)).astype(np.uint8),
-              **(label_geometry if case == "a" else {}))
+        write(
+            tmp_path / "labels" / f"{case}.nii.gz",
+            rng.integers(0, 2, (3, 8, 8)).astype(np.uint8),
+            **(label_geometry if case == "a" else {}),
+        )
     (tmp_path / "classes.json").write_text(json.dumps({"1": "organ"}))
-    return ["--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-            "--classes", str(tmp_path / "classes.json"), "--out", str(tmp_path / "out")]
+    return [
+        "--images",
+        str(tmp_path / "images"),
+        "--labels",
+        str(tmp_path / "labels"),
+        "--classes",
+        str(tmp_path / "classes.json"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
 
-@pytest.mark.parametrize(("change", "named"), [
-    ({"spacing": (0.8, 0.8, 2.5)}, "spacing (x, y, z) mm: (0.8, 0.8, 3) vs (0.8, 0.8, 2.5)"),
-    ({"origin": (-150.0, -168.0, 40.0)}, "origin (x, y, z) mm: (-150, -170, 40) vs (-150, -168, 40)"),
-    ({"direction": FLIPPED_X}, "direction cosines: (1, 0, 0, 0, 1, 0, 0, 0, 1) vs (-1, 0, 0, 0, 1, 0, 0, 0, 1)"),
-])
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"spacing": (0.8, 0.8, 2.5)}, "spacing (x, y, z) mm: (0.8, 0.8, 3) vs (0.8, 0.8, 2.5)"),
+        ({"origin": (-150.0, -168.0, 40.0)}, "origin (x, y, z) mm: (-150, -170, 40) vs (-150, -168, 40)"),
+        ({"direction": FLIPPED_X}, "direction cosines: (1, 0, 0, 0, 1, 0, 0, 0, 1) vs (-1, 0, 0, 0, 1, 0, 0, 0, 1)"),
+    ],
+)
 def test_a_label_on_another_grid_exits_2_naming_both_files_and_the_property(change, named, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(folders(tmp_path, **change))

@@ -25,7 +25,7 @@ def truth(number: int) -> np.ndarray:
     """Class ids (H, W) of image ``number``: a liver block, a tumour block in a number-dependent place."""
     ids = np.zeros(SIZE, np.int64)
     ids[2:8, 1:6] = 1
-    ids[number % 4: number % 4 + 3, 6:9] = 2
+    ids[number % 4 : number % 4 + 3, 6:9] = 2
     return ids
 
 
@@ -53,14 +53,19 @@ def test_colour_masks_convert_and_read_back_with_their_class_ids(tmp_path, capsy
     (tmp_path / "palette.json").write_text(json.dumps(PALETTE))
     out = tmp_path / "mine"
     main(["--images", str(images), "--masks", str(masks), "--out", str(out), "--palette", str(tmp_path / "palette.json")])
-    assert capsys.readouterr().out.strip() == (f"4 train, 1 val, 1 test images of 3 classes in {out}; "
-                                               f"use --dataset {out / 'dataset.json'}")
-    assert json.loads((out / "dataset.json").read_text()) == {"kind": "images", "class_names": ["liver", "tumour"],
-                                                              "channels": 3}
+    assert capsys.readouterr().out.strip() == (
+        f"4 train, 1 val, 1 test images of 3 classes in {out}; use --dataset {out / 'dataset.json'}"
+    )
+    assert json.loads((out / "dataset.json").read_text()) == {"kind": "images", "class_names": ["liver", "tumour"], "channels": 3}
     info = dataset_info(str(out / "dataset.json"))
     assert (info.kind, info.num_classes, info.class_names, info.in_chans) == (IMAGES, 3, ("liver", "tumour"), 3)
     assert (info.root_path, info.list_dir, info.train_list, info.val_list, info.test_list) == (
-        str(out), str(out / "lists"), "train.txt", "val.txt", "test.txt")
+        str(out),
+        str(out / "lists"),
+        "train.txt",
+        "val.txt",
+        "test.txt",
+    )
     # 70 / 10 / 20 by position in sorted name order: 2 -> val, 5 -> test
     assert (out / "lists" / "val.txt").read_text().split() == ["scan1"]
     assert (out / "lists" / "test.txt").read_text().split() == ["scan4"]
@@ -100,14 +105,21 @@ def test_class_id_masks_and_a_binary_mask_keeps_the_isic_convention(tmp_path):
     np.testing.assert_array_equal(read_pair(tmp_path / "binary", "scan2", 2)[1], truth(2) == 2)
 
 
-@pytest.mark.parametrize("break_input, message", [
-    (lambda img, lab: Image.new("RGB", (3, 3)).save(lab / "scan2_mask.png"),
-     r"scan2_mask.png is 3x3 but its image scan2.tif is 10x12; they must be the same size"),
-    (lambda img, lab: Image.new("RGB", (10, 12), (1, 2, 3)).save(lab / "scan3_mask.png"),
-     r"scan3_mask.png holds colour\(s\) #010203 that --palette does not map"),
-    (lambda img, lab: (img / "scan4.tif").write_bytes(b"not a tiff"), r"scan4.tif is not a readable image"),
-    (lambda img, lab: (lab / "scan5_mask.png").unlink(), r"scan5.png has no mask in --masks"),
-])
+@pytest.mark.parametrize(
+    "break_input, message",
+    [
+        (
+            lambda img, lab: Image.new("RGB", (3, 3)).save(lab / "scan2_mask.png"),
+            r"scan2_mask.png is 3x3 but its image scan2.tif is 10x12; they must be the same size",
+        ),
+        (
+            lambda img, lab: Image.new("RGB", (10, 12), (1, 2, 3)).save(lab / "scan3_mask.png"),
+            r"scan3_mask.png holds colour\(s\) #010203 that --palette does not map",
+        ),
+        (lambda img, lab: (img / "scan4.tif").write_bytes(b"not a tiff"), r"scan4.tif is not a readable image"),
+        (lambda img, lab: (lab / "scan5_mask.png").unlink(), r"scan5.png has no mask in --masks"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_file_and_nothing_is_written(tmp_path, break_input, message):
     images, masks = write_pairs(tmp_path)
     (tmp_path / "palette.json").write_text(json.dumps(PALETTE))
@@ -123,8 +135,18 @@ def test_an_id_beyond_the_named_classes_and_a_bad_palette(tmp_path, capsys):
         convert(images, masks, tmp_path / "out", classes=["liver"])
     (tmp_path / "palette.json").write_text(json.dumps({"#00000": 0}))
     with pytest.raises(SystemExit) as exit_info:
-        main(["--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "out"),
-              "--palette", str(tmp_path / "palette.json")])
+        main(
+            [
+                "--images",
+                str(images),
+                "--masks",
+                str(masks),
+                "--out",
+                str(tmp_path / "out"),
+                "--palette",
+                str(tmp_path / "palette.json"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "colour '#00000' is neither #rrggbb" in err
     assert not (tmp_path / "out").exists()

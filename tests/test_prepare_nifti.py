@@ -44,8 +44,10 @@ def nifti_folder(tmp_path_factory) -> dict:
     for k in range(NUM_CASES):
         image, label = make_case(np.random.default_rng(k), TINY_SIZE, 4)
         hu = (image * 600 - 200).astype(np.float32)  # beyond the clip window on both sides
-        for path, array in ((root / "imagesTr" / f"heart{k}_0000.nii.gz", hu),
-                            (root / "labelsTr" / f"heart{k}.nii.gz", two_class_label(label))):
+        for path, array in (
+            (root / "imagesTr" / f"heart{k}_0000.nii.gz", hu),
+            (root / "labelsTr" / f"heart{k}.nii.gz", two_class_label(label)),
+        ):
             volume = sitk.GetImageFromArray(array)
             volume.SetSpacing((1.0, 1.0, 8.0))
             sitk.WriteImage(volume, str(path))
@@ -77,8 +79,23 @@ def test_conversion_and_training_and_testing_with_the_dataset_json(nifti_folder,
         np.testing.assert_allclose(file.attrs["spacing"], (8.0, 1.0, 1.0))
 
     run = tmp_path / "run"
-    code = train_script.main(["--dataset", str(out / "dataset.json"), "--output_dir", str(run), "--img_size", str(TINY_SIZE),
-                              "--batch_size", "4", "--num_workers", "0", "--max_epochs", "1", *TINY_UNET])
+    code = train_script.main(
+        [
+            "--dataset",
+            str(out / "dataset.json"),
+            "--output_dir",
+            str(run),
+            "--img_size",
+            str(TINY_SIZE),
+            "--batch_size",
+            "4",
+            "--num_workers",
+            "0",
+            "--max_epochs",
+            "1",
+            *TINY_UNET,
+        ]
+    )
     assert code == 0
     log = (run / "log.txt").read_text()
     assert f"--root_path {out / 'train_npz'} (from --dataset" in log and "--num_classes 3 (from --dataset" in log
@@ -91,11 +108,14 @@ def test_conversion_and_training_and_testing_with_the_dataset_json(nifti_folder,
     assert [case["case"] for case in metrics["cases"]] == ["heart2"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"1": "a", "3": "b"}, "class ids must be 1..K without gaps, got [1, 3]"),
-    ({"one": "a"}, "keys must be class ids"),
-    (["a", "b"], "must hold a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"1": "a", "3": "b"}, "class ids must be 1..K without gaps, got [1, 3]"),
+        ({"one": "a"}, "keys must be class ids"),
+        (["a", "b"], "must hold a JSON object"),
+    ],
+)
 def test_bad_class_files_are_one_line_errors(tmp_path, content, message):
     (tmp_path / "classes.json").write_text(json.dumps(content))
     with pytest.raises(ValueError, match="--classes") as error:
@@ -107,8 +127,18 @@ def test_converter_cli_errors_name_the_file(nifti_folder, tmp_path, capsys):
     root = nifti_folder["root"]
     (tmp_path / "labels").mkdir()
     with pytest.raises(SystemExit) as stop:
-        main(["--images", str(root / "imagesTr"), "--labels", str(tmp_path / "labels"),
-              "--classes", str(root / "classes.json"), "--out", str(tmp_path / "out")])
+        main(
+            [
+                "--images",
+                str(root / "imagesTr"),
+                "--labels",
+                str(tmp_path / "labels"),
+                "--classes",
+                str(root / "classes.json"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "heart0_0000.nii.gz has no label" in err and err.count("\n") == 1

@@ -16,7 +16,20 @@ SPACING_XYZ = (0.7, 0.8, 3.0)
 
 # BTCV id -> Synapse id, written out by hand from the BTCV and Synapse organ names.
 EXPECTED_RENUMBERING = {
-    0: 0, 1: 7, 2: 4, 3: 3, 4: 2, 5: 0, 6: 5, 7: 8, 8: 1, 9: 0, 10: 0, 11: 6, 12: 0, 13: 0,
+    0: 0,
+    1: 7,
+    2: 4,
+    3: 3,
+    4: 2,
+    5: 0,
+    6: 5,
+    7: 8,
+    8: 1,
+    9: 0,
+    10: 0,
+    11: 6,
+    12: 0,
+    13: 0,
 }
 
 
@@ -54,8 +67,7 @@ def write_nifti(path: Path, array: np.ndarray) -> None:
     sitk.WriteImage(image, str(path))
 
 
-def write_case(raw: Path, number: int, image: np.ndarray, label: np.ndarray,
-               subfolders: bool = False) -> None:
+def write_case(raw: Path, number: int, image: np.ndarray, label: np.ndarray, subfolders: bool = False) -> None:
     write_nifti(raw / ("img" if subfolders else "") / f"img{number:04d}.nii.gz", image)
     write_nifti(raw / ("label" if subfolders else "") / f"label{number:04d}.nii.gz", label)
 
@@ -84,9 +96,7 @@ def test_file_names_and_lists(converted):
     out, _ = converted
     assert sorted(p.name for p in (out / "test_vol_h5").iterdir()) == ["case0001.npy.h5"]
     expected_slices = [f"case{c:04d}_slice{i:03d}" for c in (5, 50) for i in range(4)]
-    assert sorted(p.name for p in (out / "train_npz").iterdir()) == [
-        f"{name}.npz" for name in expected_slices
-    ]
+    assert sorted(p.name for p in (out / "train_npz").iterdir()) == [f"{name}.npz" for name in expected_slices]
     assert (out / "lists" / "train.txt").read_text().splitlines() == expected_slices
     assert (out / "lists" / "test_vol.txt").read_text().splitlines() == ["case0001"]
 
@@ -133,8 +143,7 @@ def test_outputs_read_back_with_the_readers(converted):
     out, _ = converted
     volumes = SynapseVolumes(out / "test_vol_h5", out / "lists" / "test_vol.txt", 9)
     assert volumes[0]["spacing"] == pytest.approx((3.0, 0.8, 0.7))
-    slices = SynapseSlices(out / "train_npz", out / "lists" / "train.txt", 9,
-                           img_size=(16, 16), augment=None)
+    slices = SynapseSlices(out / "train_npz", out / "lists" / "train.txt", 9, img_size=(16, 16), augment=None)
     assert len(slices) == 8 and slices[7]["case_name"] == "case0050_slice003"
 
 

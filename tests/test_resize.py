@@ -130,13 +130,13 @@ def fixed_network(inputs: torch.Tensor) -> torch.Tensor:
 
 def test_round_trip_on_a_phantom_slice_gives_scipy_labels():
     image, _ = make_case(np.random.default_rng(4), 512, 2)
-    reference = np.stack([
-        resize_label(fixed_network(torch.from_numpy(preprocess_slice(s, (224, 224)))[None, None])[0]
-                     .numpy(), (512, 512))
-        for s in image
-    ])
-    ours = resize_labels(fixed_network(preprocess_batch(torch.from_numpy(image), (224, 224))),
-                         (512, 512))
+    reference = np.stack(
+        [
+            resize_label(fixed_network(torch.from_numpy(preprocess_slice(s, (224, 224)))[None, None])[0].numpy(), (512, 512))
+            for s in image
+        ]
+    )
+    ours = resize_labels(fixed_network(preprocess_batch(torch.from_numpy(image), (224, 224))), (512, 512))
     assert len(np.unique(reference)) >= 7  # most classes occur: the comparison has teeth
     # float64 products reproduce scipy's float32 input (to a rounding), so no label flips.
     assert int((ours.numpy() != reference).sum()) == 0

@@ -74,8 +74,18 @@ def test_test_py_names_the_run_and_refuses_a_best_pth_of_another_run(phantom, tm
     latest = json.loads((run / "args.json").read_text())["run_id"]
     older = load_checkpoint(old_best)["run_id"]
     shutil.copy(old_best, run / "best.pth")  # an older run's best.pth left in the folder
-    test_args = ["--output_dir", str(run), "--volume_path", str(phantom["out_dir"]), "--list_dir",
-                 str(phantom["train_list"].parent), "--workers", "0", "--max_epochs", "1"]
+    test_args = [
+        "--output_dir",
+        str(run),
+        "--volume_path",
+        str(phantom["out_dir"]),
+        "--list_dir",
+        str(phantom["train_list"].parent),
+        "--workers",
+        "0",
+        "--max_epochs",
+        "1",
+    ]
     assert load_test_script().main(test_args) == 2
     message = capsys.readouterr().err
     assert f"was written by run {older}, but the latest run in {run} is {latest}" in message
@@ -90,7 +100,7 @@ def test_sigterm_mid_epoch_then_the_same_command_ends_with_the_uninterrupted_wei
         kwargs = json.dumps({"base_channels": 4, "depth": 2, "signal_at": per_epoch + 2, "once_file": str(once_file)})
         args = tiny_train_args(phantom, folder, "--max_epochs", "3", "--resume", "auto")
         at = args.index("--model_kwargs")
-        args[at - 1: at + 2] = [SIGNAL_NET, "--model_kwargs", kwargs]
+        args[at - 1 : at + 2] = [SIGNAL_NET, "--model_kwargs", kwargs]
         return args
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -104,7 +114,10 @@ def test_sigterm_mid_epoch_then_the_same_command_ends_with_the_uninterrupted_wei
     assert "received SIGTERM: stopping after the current step" in log and "stopped by SIGTERM inside epoch 1" in log
     second = run_script(*command(stopped, tmp_path / "once"))
     assert second.returncode == 0, second.stderr
-    assert "resumed run" in (stopped / "log.txt").read_text() and "inside epoch 1 after 2 batches" in (stopped / "log.txt").read_text()
+    assert (
+        "resumed run" in (stopped / "log.txt").read_text()
+        and "inside epoch 1 after 2 batches" in (stopped / "log.txt").read_text()
+    )
     assert_same_weights(stopped / "last.pth", straight / "last.pth")
 
 
@@ -125,8 +138,9 @@ def test_a_longer_run_continues_the_poly_schedule_instead_of_lr_0(phantom, train
 
 
 def test_a_changed_run_is_refused_naming_each_change(phantom, trained_run, tmp_path, capsys):
-    args = tiny_train_args(phantom, tmp_path, "--max_epochs", "3", "--resume", str(trained_run / "last.pth"),
-                           "--batch_size", "2", "--base_lr", "0.1")[1:]
+    args = tiny_train_args(
+        phantom, tmp_path, "--max_epochs", "3", "--resume", str(trained_run / "last.pth"), "--batch_size", "2", "--base_lr", "0.1"
+    )[1:]
     assert train_script.main(args) == 2
     message = capsys.readouterr().err
     assert "batch_size 4 -> 2" in message and "base_lr 0.05 -> 0.1" in message and "--resume_accept_changes" in message
@@ -139,8 +153,11 @@ def test_a_changed_run_is_refused_naming_each_change(phantom, trained_run, tmp_p
 
 def test_gpu_random_streams_are_restored_for_the_visible_gpus_only():
     state = {**rng_state(), "cuda": [torch.full((16,), k, dtype=torch.uint8) for k in range(8)]}  # 8 GPUs then
-    with mock.patch("torch.cuda.is_available", return_value=True), mock.patch("torch.cuda.device_count", return_value=1), \
-            mock.patch("torch.cuda.set_rng_state") as set_state:
+    with (
+        mock.patch("torch.cuda.is_available", return_value=True),
+        mock.patch("torch.cuda.device_count", return_value=1),
+        mock.patch("torch.cuda.set_rng_state") as set_state,
+    ):
         restore_rng_state(state)
     assert [(call.args[0][0].item(), call.args[1]) for call in set_state.call_args_list] == [(0, 0)]
 
@@ -150,7 +167,11 @@ def test_an_evaluation_slower_than_the_collective_timeout_does_not_kill_torchrun
     # of evaluation against a 12 s timeout. Before, rank 1 waited in a barrier for rank 0's 35 s.
     args = tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--device", "cpu", "--dist_timeout", "0.2")
     at = args.index("--model_kwargs")
-    args[at - 1: at + 2] = ["tests.plugin_networks.SlowEval", "--model_kwargs", '{"base_channels": 4, "depth": 2, "seconds": 2.5}']
+    args[at - 1 : at + 2] = [
+        "tests.plugin_networks.SlowEval",
+        "--model_kwargs",
+        '{"base_channels": 4, "depth": 2, "seconds": 2.5}',
+    ]
     result = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", *args, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "log.txt").read_text()
@@ -168,9 +189,26 @@ def test_bad_evaluation_data_stop_the_run_before_the_first_step(phantom, tmp_pat
         label[0, 0, 0] = 12  # outside the 9 classes
         file["label"][...] = label
     run = tmp_path / "run"
-    args = ["--root_path", str(data / "train_npz"), "--test_path", str(data / "test_vol_h5"), "--list_dir",
-            str(data / "lists"), "--output_dir", str(run), "--img_size", str(TINY_SIZE), "--batch_size", "4",
-            "--num_workers", "0", "--module", "networks.UNet.UNet", "--model_kwargs", '{"base_channels": 4, "depth": 2}']
+    args = [
+        "--root_path",
+        str(data / "train_npz"),
+        "--test_path",
+        str(data / "test_vol_h5"),
+        "--list_dir",
+        str(data / "lists"),
+        "--output_dir",
+        str(run),
+        "--img_size",
+        str(TINY_SIZE),
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--module",
+        "networks.UNet.UNet",
+        "--model_kwargs",
+        '{"base_channels": 4, "depth": 2}',
+    ]
     assert train_script.main(args) == 2
     message = capsys.readouterr().err
     assert f"{case}.npy.h5" in message and "label values span" in message
@@ -184,6 +222,21 @@ def test_the_non_finite_loss_message_reaches_the_log(phantom, tmp_path):
 
 
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
-    assert train_script.main(["--output_dir", str(tmp_path), "--resume", "auto", "--overwrite", "--module",
-                              "networks.UNet.UNet"]) == 2
+    assert (
+        train_script.main(["--output_dir", str(tmp_path), "--resume", "auto", "--overwrite", "--module", "networks.UNet.UNet"])
+        == 2
+    )
     assert "--resume and --overwrite contradict each other" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_the_previous_format_is_compared_on_what_it_recorded(phantom, trained_run):
+    payload = load_checkpoint(trained_run / "last.pth")
+    config, _ = train_script.resolve_config(train_script.build_parser().parse_args(tiny_train_args(phantom, trained_run)[1:]))
+    older = {
+        **payload,
+        "args": {k: v for k, v in payload["args"].items() if k not in ("train_list_sha256", "accumulation_steps")},
+    }
+    older["args"]["model_kwargs"] = '{"base_channels": 4, "depth": 2}'  # the flag's JSON text, as it was saved then
+    assert train_script.changed_settings(older, config) == []
+    older["args"]["batch_size"] = 8
+    assert train_script.changed_settings(older, config) == ["batch_size 8 -> 4"]

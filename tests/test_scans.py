@@ -80,8 +80,7 @@ def test_every_storage_orientation_reads_and_writes_back_the_same_voxels(layout,
 
 
 def test_the_canonical_orientation_is_itks_identity():
-    assert sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(CANONICAL_ORIENTATION) == (
-        1, 0, 0, 0, 1, 0, 0, 0, 1)
+    assert sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(CANONICAL_ORIENTATION) == (1, 0, 0, 0, 1, 0, 0, 0, 1)
 
 
 # NIfTI: SimpleITK reads NaN / inf as 0, so read_scan counts them in the file; .mha keeps them.

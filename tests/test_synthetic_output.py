@@ -12,12 +12,18 @@ from datasets.synthetic.output import MARKER
 
 # generator -> (small CLI arguments, a file of the real data set's layout, its count of data files)
 GENERATORS = {
-    "datasets.synthetic.synapse": (["--size", "32", "--train_cases", "1", "--test_cases", "1",
-                                    "--min_slices", "2", "--max_slices", "2"], "train_npz/case0005_slice000.npz"),
-    "datasets.synthetic.acdc": (["--size", "32", "--train_cases", "1", "--val_cases", "1", "--test_cases", "1",
-                                 "--min_slices", "2", "--max_slices", "2"], "train_npz/patient001_frame01_slice000.npz"),
-    "datasets.synthetic.isic": (["--size", "32", "--train_images", "1", "--val_images", "1", "--test_images", "1"],
-                                "images/ISIC_0000001.jpg"),
+    "datasets.synthetic.synapse": (
+        ["--size", "32", "--train_cases", "1", "--test_cases", "1", "--min_slices", "2", "--max_slices", "2"],
+        "train_npz/case0005_slice000.npz",
+    ),
+    "datasets.synthetic.acdc": (
+        ["--size", "32", "--train_cases", "1", "--val_cases", "1", "--test_cases", "1", "--min_slices", "2", "--max_slices", "2"],
+        "train_npz/patient001_frame01_slice000.npz",
+    ),
+    "datasets.synthetic.isic": (
+        ["--size", "32", "--train_images", "1", "--val_images", "1", "--test_images", "1"],
+        "images/ISIC_0000001.jpg",
+    ),
 }
 
 
@@ -40,8 +46,10 @@ def test_overwrite_refuses_a_folder_without_the_marker_and_deletes_nothing(modul
     with pytest.raises(SystemExit) as stop:
         run(module, real, "--overwrite")
     assert stop.value.code == 2
-    assert capsys.readouterr().err == (f"error: --out {real} is not empty and has no {MARKER} file, so it may hold "
-                                       "real data; nothing was deleted -- choose an empty or new folder\n")
+    assert capsys.readouterr().err == (
+        f"error: --out {real} is not empty and has no {MARKER} file, so it may hold "
+        "real data; nothing was deleted -- choose an empty or new folder\n"
+    )
     assert snapshot(real) == before  # not even a marker was added
 
 
@@ -73,6 +81,8 @@ def test_a_folder_of_another_generator_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         run("datasets.synthetic.synapse", tmp_path, "--overwrite")
     assert stop.value.code == 2
-    assert capsys.readouterr().err.endswith(f"error: --out {tmp_path} holds a data set written by datasets.synthetic.acdc, "
-                                            "not datasets.synthetic.synapse; nothing was deleted -- choose another folder\n")
+    assert capsys.readouterr().err.endswith(
+        f"error: --out {tmp_path} holds a data set written by datasets.synthetic.acdc, "
+        "not datasets.synthetic.synapse; nothing was deleted -- choose another folder\n"
+    )
     assert snapshot(tmp_path) == before

@@ -51,8 +51,9 @@ def test_training_writes_its_outputs(phantom, trained_run):
 
 
 def test_resume_from_an_epoch_checkpoint_equals_the_uninterrupted_run(phantom, trained_run, tmp_path):
-    result = run_script(*tiny_train_args(phantom, tmp_path, "--max_epochs", "2", "--resume",
-                                         str(trained_run / "UNet_epoch_0.pth")))
+    result = run_script(
+        *tiny_train_args(phantom, tmp_path, "--max_epochs", "2", "--resume", str(trained_run / "UNet_epoch_0.pth"))
+    )
     assert result.returncode == 0, result.stderr
     assert "from " + str(trained_run / "UNet_epoch_0.pth") + " at epoch 1" in (tmp_path / "log.txt").read_text()
     assert_same_weights(tmp_path / "last.pth", trained_run / "last.pth")
@@ -62,8 +63,13 @@ def test_a_killed_run_resumes_from_last_pth_to_the_same_weights(phantom, tmp_pat
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ("--max_epochs", "4")
     assert run_script(*tiny_train_args(phantom, straight, *args)).returncode == 0
-    process = subprocess.Popen([sys.executable, *tiny_train_args(phantom, killed, *args)], cwd=REPO, env=SCRIPT_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, *tiny_train_args(phantom, killed, *args)],
+        cwd=REPO,
+        env=SCRIPT_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (killed / "last.pth").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -85,8 +91,15 @@ def test_validation_cases_pick_best_pth(phantom, tmp_path):
 
 
 def test_torchrun_with_two_cpu_processes_ends_with_identical_weights(phantom, tmp_path):
-    result = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                        *tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--device", "cpu"))
+    result = run_script(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        *tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--device", "cpu"),
+    )
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "log.txt").read_text()
     assert "2 process(es)" in log
@@ -117,8 +130,17 @@ def test_bad_flags_are_one_line_errors_before_any_data_is_read(tmp_path, capsys,
 
 
 def test_a_missing_list_is_a_one_line_error_from_the_shell(tmp_path):
-    result = run_script("train.py", "--root_path", str(tmp_path), "--list_dir", str(tmp_path / "lists"),
-                        "--output_dir", str(tmp_path / "out"), "--module", "networks.UNet.UNet")
+    result = run_script(
+        "train.py",
+        "--root_path",
+        str(tmp_path),
+        "--list_dir",
+        str(tmp_path / "lists"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--module",
+        "networks.UNet.UNet",
+    )
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("train.py: error: ") and str(tmp_path / "lists" / "train.txt") in last_line

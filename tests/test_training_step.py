@@ -90,8 +90,10 @@ def test_the_published_flag_lists_parse_unchanged():
     assert config.accumulation_steps == 2 and config.use_checkpoint
     assert config.lr == pytest.approx(0.05 * 40 / 24)  # the rule counts the slices of an optimisation step
     ignored = [note for note in notes if note.startswith("ignored")]
-    assert ignored == ["ignored (accepted for compatibility with the published scripts): --zip, --cache-mode, "
-                       "--amp-opt-level, --tag, --eval, --throughput, --opts, --n_gpu, --z_spacing"]
+    assert ignored == [
+        "ignored (accepted for compatibility with the published scripts): --zip, --cache-mode, "
+        "--amp-opt-level, --tag, --eval, --throughput, --opts, --n_gpu, --z_spacing"
+    ]
     test_args = load_test_script().build_parser().parse_args(PUBLISHED_TEST)
     assert (test_args.batch_size, test_args.is_savenii, test_args.img_size) == (24, True, 224)
 

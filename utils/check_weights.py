@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -78,8 +78,10 @@ def compare_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
     for name, tensor in state_dict.items():
         if name in own and tuple(tensor.shape) != own[name]:
             report.mis_shaped.append(name)
-            report.problems.append(f"mis-shaped tensor {name}: {list(tensor.shape)} in the file, "
-                                   f"{list(own[name])} in the published network" + _head_hint(name, tensor))
+            report.problems.append(
+                f"mis-shaped tensor {name}: {list(tensor.shape)} in the file, "
+                f"{list(own[name])} in the published network" + _head_hint(name, tensor)
+            )
             continue  # load_state_dict would stop at it; shapes are what is compared here
         probe[name] = tensor
     result = model.load_state_dict(probe, strict=False)
@@ -89,8 +91,10 @@ def compare_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
     for name in report.missing:
         report.problems.append(f"missing tensor {name} {list(own[name])}: the file lacks it")
     for name in report.unexpected:
-        report.problems.append(f"unexpected tensor {name} {list(state_dict[name].shape)}: the published network "
-                               "has no such tensor (renamed, or another network?)")
+        report.problems.append(
+            f"unexpected tensor {name} {list(state_dict[name].shape)}: the published network "
+            "has no such tensor (renamed, or another network?)"
+        )
 
 
 def _head_hint(name: str, tensor: torch.Tensor) -> str:
@@ -117,26 +121,31 @@ def check_weights(path: str | Path) -> WeightsReport:
     report = WeightsReport(sha256=sha256(path))
     report.facts.append(f"{path}: sha256 {report.sha256}")
     if is_self_describing(payload):
-        report.facts.append(f"a train.py checkpoint of {payload['module']} (epoch {payload.get('epoch')}); "
-                            "its weights are compared with the published layout")
+        report.facts.append(
+            f"a train.py checkpoint of {payload['module']} (epoch {payload.get('epoch')}); "
+            "its weights are compared with the published layout"
+        )
         state_dict = payload["model"]
     else:
         state_dict = payload
     if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; pass a .pth with the network's weights")
     if all(name.startswith(WRAPPER_PREFIX) for name in state_dict):
-        state_dict = {name[len(WRAPPER_PREFIX):]: tensor for name, tensor in state_dict.items()}
-        report.facts.append(f"every name carries the '{WRAPPER_PREFIX}' prefix of a multi-GPU run: fine, "
-                            "stripped on load")
+        state_dict = {name[len(WRAPPER_PREFIX) :]: tensor for name, tensor in state_dict.items()}
+        report.facts.append(f"every name carries the '{WRAPPER_PREFIX}' prefix of a multi-GPU run: fine, stripped on load")
     model = build_network(PUBLISHED_MODULE, PUBLISHED_KWARGS)
     compare_state_dict(state_dict, model, report)
     own = len(model.state_dict())
     fitting = own - len(report.missing) - len(report.mis_shaped)
-    report.facts.append(f"{len(state_dict)} tensors: {fitting} of the {own} tensors of {PUBLISHED_MODULE} "
-                        "(published configuration) present with their shapes")
+    report.facts.append(
+        f"{len(state_dict)} tensors: {fitting} of the {own} tensors of {PUBLISHED_MODULE} "
+        "(published configuration) present with their shapes"
+    )
     if report.dropped:
-        report.facts.append(f"{len(report.dropped)} tensors of modules the reference builds but never calls "
-                            "(as in the published checkpoint): dropped on load, fine")
+        report.facts.append(
+            f"{len(report.dropped)} tensors of modules the reference builds but never calls "
+            "(as in the published checkpoint): dropped on load, fine"
+        )
     return report
 
 
@@ -144,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.check_weights",
         description="Check a checkpoint against the published DAE-Former layout (names, shapes, "
-                    "'module.' prefix, the reference's unused tensors) and print its sha256. "
-                    "Exit 0 fits, 1 problems found, 2 unreadable.",
+        "'module.' prefix, the reference's unused tensors) and print its sha256. "
+        "Exit 0 fits, 1 problems found, 2 unreadable.",
     )
     parser.add_argument("weights", type=Path, help="a .pth file: the published weights or a train.py checkpoint")
     args = parser.parse_args(argv)
@@ -154,9 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as error:
         parser.exit(2, f"error: {error}\n")
     lines = report.facts + [f"PROBLEM {problem}" for problem in report.problems]
-    lines.append("clean: the weights fit the published network" if report.clean
-                 else f"{len(report.problems)} problems found ({len(report.missing)} missing, "
-                      f"{len(report.unexpected)} unexpected, {len(report.mis_shaped)} mis-shaped)")
+    lines.append(
+        "clean: the weights fit the published network"
+        if report.clean
+        else f"{len(report.problems)} problems found ({len(report.missing)} missing, "
+        f"{len(report.unexpected)} unexpected, {len(report.mis_shaped)} mis-shaped)"
+    )
     print("\n".join(lines))
     return 0 if report.clean else 1
 

@@ -75,8 +75,10 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.workers < 0:
-            raise UserError(f"the evaluation batch size must be at least 1 and the workers at least 0, "
-                            f"got {self.batch_size} and {self.workers}")
+            raise UserError(
+                f"the evaluation batch size must be at least 1 and the workers at least 0, "
+                f"got {self.batch_size} and {self.workers}"
+            )
         if self.convention not in CONVENTIONS:
             raise UserError(f"--metric_convention {self.convention!r}: choose one of {', '.join(CONVENTIONS)}")
 
@@ -203,8 +205,15 @@ class VolumeResult:
         """The per-case lines and the per-class table, in the published layout."""
         for name, case_scores in zip(self.cases, self.scores):
             logger.info("%s  mean Dice %.4f  mean HD95 %.2f", name, *self._mean(case_scores, axis=0))
-        logger.info("%s (%d case(s), convention %r): mean Dice %.4f, mean HD95 %.2f %s",
-                    title, len(self.cases), self.convention, self.mean_dice, self.mean_hd95, self.unit)
+        logger.info(
+            "%s (%d case(s), convention %r): mean Dice %.4f, mean HD95 %.2f %s",
+            title,
+            len(self.cases),
+            self.convention,
+            self.mean_dice,
+            self.mean_hd95,
+            self.unit,
+        )
         logger.info("%-14s %9s %12s", "class", "Dice (%)", f"HD95 ({self.unit})")
         for name, (dice, hd95) in zip(self.class_names, self.per_class):
             logger.info("%-14s %9.2f %12.2f", name, 100 * dice, hd95)
@@ -221,10 +230,13 @@ class VolumeResult:
             "hd95_unit": self.unit,
             "mean_dice": self.mean_dice,
             "mean_hd95": self.mean_hd95,
-            "per_class": [{"class": c, "name": name, "dice": float(d), "hd95": float(h)}
-                          for c, (name, (d, h)) in enumerate(zip(self.class_names, self.per_class), 1)],
-            "cases": [{"case": case, "dice": s[:, 0].tolist(), "hd95": s[:, 1].tolist()}
-                      for case, s in zip(self.cases, self.scores)],
+            "per_class": [
+                {"class": c, "name": name, "dice": float(d), "hd95": float(h)}
+                for c, (name, (d, h)) in enumerate(zip(self.class_names, self.per_class), 1)
+            ],
+            "cases": [
+                {"case": case, "dice": s[:, 0].tolist(), "hd95": s[:, 1].tolist()} for case, s in zip(self.cases, self.scores)
+            ],
         }
 
     @classmethod
@@ -234,16 +246,21 @@ class VolumeResult:
         names = [name for part in parts for name in part.cases]
         rows = dict(zip(names, np.concatenate([part.scores for part in parts])))
         first = parts[0]
-        return cls(first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention,
-                   first.unit, first.example)
+        return cls(
+            first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention, first.unit, first.example
+        )
 
     def csv_rows(self) -> list[list]:
         rows: list[list] = [["case", "class", "name", "dice", "hd95"]]
         for case, case_scores in zip(self.cases, self.scores):
-            rows += [[case, c, name, f"{dice:.6f}", f"{hd95:.6f}"]
-                     for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, case_scores), 1)]
-        rows += [["mean", c, name, f"{dice:.6f}", f"{hd95:.6f}"]
-                 for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, self.per_class), 1)]
+            rows += [
+                [case, c, name, f"{dice:.6f}", f"{hd95:.6f}"]
+                for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, case_scores), 1)
+            ]
+        rows += [
+            ["mean", c, name, f"{dice:.6f}", f"{hd95:.6f}"]
+            for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, self.per_class), 1)
+        ]
         return [*rows, ["mean", "", "all", f"{self.mean_dice:.6f}", f"{self.mean_hd95:.6f}"]]
 
     def write(self, folder: str | Path) -> Path:
@@ -275,8 +292,13 @@ class VolumeEvaluator(_Evaluator):
         with _EvalMode(model):
             return predict_volume(model, image, s.img_size, s.batch_size, s.device, s.amp)
 
-    def evaluate(self, model: nn.Module, cases: Iterable[dict], on_case: OnCase | None = None,
-                 progress: Callable[[Iterable], Iterable] = iter) -> VolumeResult:
+    def evaluate(
+        self,
+        model: nn.Module,
+        cases: Iterable[dict],
+        on_case: OnCase | None = None,
+        progress: Callable[[Iterable], Iterable] = iter,
+    ) -> VolumeResult:
         """Predict and score every case.
 
         Args:
@@ -293,8 +315,17 @@ class VolumeEvaluator(_Evaluator):
             for case in progress(prefetched(cases)):
                 prediction = self.predict(model, case["image"])
                 label = case["label"].astype(np.uint8) if self.num_classes <= 256 else case["label"]
-                futures.append(_submit(executor, metrics_for_classes, prediction, label, self.num_classes,
-                                       _case_spacing(s.spacing, case), s.convention))
+                futures.append(
+                    _submit(
+                        executor,
+                        metrics_for_classes,
+                        prediction,
+                        label,
+                        self.num_classes,
+                        _case_spacing(s.spacing, case),
+                        s.convention,
+                    )
+                )
                 names.append(case["case_name"])
                 if not example:
                     example = _volume_example(case, prediction)
@@ -348,8 +379,12 @@ class ImageResult:
         return self.means["dice"]
 
     def log(self, title: str) -> None:
-        logger.info("%s (%d images, pixels pooled): %s", title, len(self.cases),
-                    ", ".join(f"{metric} {value:.4f}" for metric, value in self.means.items()))
+        logger.info(
+            "%s (%d images, pixels pooled): %s",
+            title,
+            len(self.cases),
+            ", ".join(f"{metric} {value:.4f}" for metric, value in self.means.items()),
+        )
         logger.info("%-14s %s", "class", " ".join(f"{m:>12}" for m in METRIC_NAMES))
         for name, row in zip(self.class_names, self.pooled):
             logger.info("%-14s %s", name, " ".join(f"{100 * v:12.2f}" for v in row))
@@ -363,11 +398,19 @@ class ImageResult:
         return {
             "pooling": "pixels of all images",
             **self.means,
-            "per_class": [{"class": c, "name": name, **dict(zip(METRIC_NAMES, map(float, row))),
-                           **dict(zip(("tp", "fp", "fn", "tn"), map(int, total)))}
-                          for c, (name, row, total) in enumerate(zip(self.class_names, self.pooled, totals), 1)],
-            "cases": [{"case": case, **{metric: values[:, k].tolist() for k, metric in enumerate(METRIC_NAMES)}}
-                      for case, values in zip(self.cases, self.per_image)],
+            "per_class": [
+                {
+                    "class": c,
+                    "name": name,
+                    **dict(zip(METRIC_NAMES, map(float, row))),
+                    **dict(zip(("tp", "fp", "fn", "tn"), map(int, total))),
+                }
+                for c, (name, row, total) in enumerate(zip(self.class_names, self.pooled, totals), 1)
+            ],
+            "cases": [
+                {"case": case, **{metric: values[:, k].tolist() for k, metric in enumerate(METRIC_NAMES)}}
+                for case, values in zip(self.cases, self.per_image)
+            ],
         }
 
     @classmethod
@@ -380,9 +423,12 @@ class ImageResult:
     def csv_rows(self) -> list[list]:
         rows: list[list] = [["case", "class", "name", *METRIC_NAMES]]
         for case, values in zip(self.cases, self.per_image):
-            rows += [[case, c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, values), 1)]
-        return rows + [["pooled", c, name, *(f"{v:.6f}" for v in row)]
-                       for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1)]
+            rows += [
+                [case, c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, values), 1)
+            ]
+        return rows + [
+            ["pooled", c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1)
+        ]
 
     def write(self, folder: str | Path) -> Path:
         """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
@@ -398,8 +444,13 @@ class ImageEvaluator(_Evaluator):
         with _EvalMode(model):
             return predict_image(model, image, s.img_size, s.device, s.amp)
 
-    def evaluate(self, model: nn.Module, cases: Iterable[dict], on_case: OnCase | None = None,
-                 progress: Callable[[Iterable], Iterable] = iter) -> ImageResult:
+    def evaluate(
+        self,
+        model: nn.Module,
+        cases: Iterable[dict],
+        on_case: OnCase | None = None,
+        progress: Callable[[Iterable], Iterable] = iter,
+    ) -> ImageResult:
         """Predict and count every image of ``cases`` (items ``{"image": uint8 (H, W, 3),
         "label": (H, W), "case_name"}``)."""
         counts, names, example = [], [], {}

@@ -30,8 +30,9 @@ TP, FP, FN, TN = range(4)
 
 
 @torch.inference_mode()
-def predict_image(model: nn.Module, rgb: np.ndarray, img_size: tuple[int, int], device: torch.device | str = "cpu",
-                  amp: str = "off") -> np.ndarray:
+def predict_image(
+    model: nn.Module, rgb: np.ndarray, img_size: tuple[int, int], device: torch.device | str = "cpu", amp: str = "off"
+) -> np.ndarray:
     """Segment one RGB image.
 
     Args:
@@ -86,17 +87,26 @@ def scores(counts: np.ndarray) -> np.ndarray:
     """
     counts = np.asarray(counts, np.float64)
     tp, fp, fn, tn = counts[..., TP], counts[..., FP], counts[..., FN], counts[..., TN]
-    return np.stack([
-        _ratio(2 * tp, 2 * tp + fp + fn),
-        _ratio(tp, tp + fp + fn),
-        _ratio(tp, tp + fn),
-        _ratio(tn, tn + fp),
-        _ratio(tp + tn, tp + fp + fn + tn),
-    ], axis=-1)
+    return np.stack(
+        [
+            _ratio(2 * tp, 2 * tp + fp + fn),
+            _ratio(tp, tp + fp + fn),
+            _ratio(tp, tp + fn),
+            _ratio(tn, tn + fp),
+            _ratio(tp + tn, tp + fp + fn + tn),
+        ],
+        axis=-1,
+    )
 
 
-def evaluate_images(model: nn.Module, cases: Iterable[dict], num_classes: int, img_size: tuple[int, int],
-                    device: torch.device | str = "cpu", amp: str = "off") -> tuple[np.ndarray, list[str], dict]:
+def evaluate_images(
+    model: nn.Module,
+    cases: Iterable[dict],
+    num_classes: int,
+    img_size: tuple[int, int],
+    device: torch.device | str = "cpu",
+    amp: str = "off",
+) -> tuple[np.ndarray, list[str], dict]:
     """Predict and count every image.
 
     Args:

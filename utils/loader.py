@@ -44,9 +44,7 @@ def load_network_class(path: str) -> type[nn.Module]:
     """Import ``package.module.ClassName`` and check that it is an ``nn.Module`` subclass."""
     module_name, dot, class_name = path.rpartition(".")
     if not dot or not module_name or not class_name:
-        raise ModuleLoadError(
-            f"--module {path!r} is not a dotted path package.module.ClassName; e.g. --module {EXAMPLE}"
-        )
+        raise ModuleLoadError(f"--module {path!r} is not a dotted path package.module.ClassName; e.g. --module {EXAMPLE}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -61,9 +59,7 @@ def load_network_class(path: str) -> type[nn.Module]:
             f"which is not installed; install it (e.g. pip install {missing.split('.')[0]})"
         ) from None
     except Exception as error:  # a user's module may fail in any way while importing
-        raise ModuleLoadError(
-            f"--module {path}: importing {module_name!r} failed: {type(error).__name__}: {error}"
-        ) from None
+        raise ModuleLoadError(f"--module {path}: importing {module_name!r} failed: {type(error).__name__}: {error}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
         classes = [name for name, obj in vars(module).items() if inspect.isclass(obj)]

@@ -172,10 +172,7 @@ def metrics_for_classes(
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         raise ValueError(f"num_classes must be an int, got {num_classes!r}")
     if num_classes < MIN_NUM_CLASSES:
-        raise ValueError(
-            f"num_classes must be >= {MIN_NUM_CLASSES} (background plus at least one class), "
-            f"got {num_classes}"
-        )
+        raise ValueError(f"num_classes must be >= {MIN_NUM_CLASSES} (background plus at least one class), got {num_classes}")
     pred_labels = _label_map(pred_volume, "pred_volume")
     gt_labels = _label_map(gt_volume, "gt_volume")
     _check_same_shape(pred_labels, gt_labels, "pred_volume", "gt_volume")
@@ -188,14 +185,10 @@ def metrics_for_classes(
     for label in range(1, max_label + 1):
         pred_box, gt_box = pred_boxes[label - 1], gt_boxes[label - 1]
         if pred_box is None or gt_box is None:
-            scores[label - 1] = _empty_case_scores(
-                pred_box is not None, gt_box is not None, convention
-            )
+            scores[label - 1] = _empty_case_scores(pred_box is not None, gt_box is not None, convention)
             continue
         box = _union_box(pred_box, gt_box)
-        scores[label - 1] = _scores_in_box(
-            pred_labels[box] == label, gt_labels[box] == label, spacing_array, convention
-        )
+        scores[label - 1] = _scores_in_box(pred_labels[box] == label, gt_labels[box] == label, spacing_array, convention)
     return scores
 
 
@@ -370,17 +363,13 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _union_box(
-    first: tuple[slice, ...] | None, second: tuple[slice, ...] | None
-) -> tuple[slice, ...] | None:
+def _union_box(first: tuple[slice, ...] | None, second: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
     """Smallest box holding both boxes (either may be None, meaning empty)."""
     if first is None:
         return second
     if second is None:
         return first
-    return tuple(
-        slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(first, second)
-    )
+    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(first, second))
 
 
 def _binary_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -394,9 +383,7 @@ def _binary_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _check_same_shape(first: np.ndarray, second: np.ndarray, name1: str, name2: str) -> None:
     if first.shape != second.shape:
-        raise ValueError(
-            f"{name1} and {name2} must have the same shape, got {first.shape} and {second.shape}"
-        )
+        raise ValueError(f"{name1} and {name2} must have the same shape, got {first.shape} and {second.shape}")
 
 
 def _check_convention(convention: str) -> None:
@@ -410,8 +397,7 @@ def _checked_spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
         return np.ones(ndim)
     if isinstance(spacing, (str, bytes)) or np.ndim(spacing) != 1 or len(spacing) != ndim:
         raise ValueError(
-            f"spacing must be a sequence of {ndim} per-axis voxel sizes (one per mask axis) "
-            f"or None, got {spacing!r}"
+            f"spacing must be a sequence of {ndim} per-axis voxel sizes (one per mask axis) or None, got {spacing!r}"
         )
     try:
         spacing_array = np.asarray(spacing, dtype=np.float64)
@@ -435,9 +421,6 @@ def _label_map(volume: np.ndarray, name: str) -> np.ndarray:
         with np.errstate(invalid="ignore"):  # NaN and inf fail the check below instead
             labels = array.astype(np.int64)
         if not np.array_equal(labels, array):
-            raise ValueError(
-                f"{name} holds non-integer values; pass a label map (e.g. argmax output), "
-                "not probabilities"
-            )
+            raise ValueError(f"{name} holds non-integer values; pass a label map (e.g. argmax output), not probabilities")
         return labels
     raise ValueError(f"{name} must hold integer class labels, got dtype {array.dtype}")

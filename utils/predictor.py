@@ -105,8 +105,13 @@ class Predictor:
         else:
             module = module or DEFAULT_MODULE
             plain_info = checked_info(dataset)
-            kwargs = network_arguments(load_network_class(module), num_classes or plain_info.num_classes, img_size,
-                                       plain_info.in_chans, **(model_kwargs or {}))
+            kwargs = network_arguments(
+                load_network_class(module),
+                num_classes or plain_info.num_classes,
+                img_size,
+                plain_info.in_chans,
+                **(model_kwargs or {}),
+            )
             logger.info("%s is a plain state dict: loading it into %s(%s)", path, module, kwargs)
             model, train_args = model_from_payload(payload, path, module, kwargs), {}
         predicted = kwargs["num_classes"]
@@ -132,11 +137,13 @@ class Predictor:
         """Names of classes 1..num_classes-1."""
         return class_names(self.info, self.num_classes)
 
-    def evaluator(self, convention: str = "published", spacing: str | tuple[float, float, float] = "voxel",
-                  workers: int = 0) -> Evaluator:
+    def evaluator(
+        self, convention: str = "published", spacing: str | tuple[float, float, float] = "voxel", workers: int = 0
+    ) -> Evaluator:
         """The evaluation engine for this network and its kind of data."""
-        settings = EvalSettings((self.img_size, self.img_size), self.batch_size, self.device, self.amp,
-                                convention, spacing, workers)
+        settings = EvalSettings(
+            (self.img_size, self.img_size), self.batch_size, self.device, self.amp, convention, spacing, workers
+        )
         return build_evaluator(self.info, self.num_classes, self.class_names, settings)
 
     def predict(self, data: np.ndarray) -> np.ndarray:

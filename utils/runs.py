@@ -21,7 +21,7 @@ import shutil
 import signal
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -43,7 +43,7 @@ TEMPORARY_GLOB = ".*.pth.*.tmp"  # utils.checkpoint.save_checkpoint's temporary 
 
 def new_run_id() -> str:
     """A run's id: UTC start time and a random suffix, e.g. ``20261130-131500-3f9a1c``."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def holds_run(output_dir: Path) -> bool:

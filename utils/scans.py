@@ -30,7 +30,9 @@ def find_nifti(path: Path) -> list[Path]:
         return [path] if path.name.endswith(NIFTI_SUFFIXES) else []
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.endswith(("_pred.nii.gz", "_pred.nii")))
+    return sorted(
+        p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.endswith(("_pred.nii.gz", "_pred.nii"))
+    )
 
 
 def nifti_stem(path: Path) -> str:
@@ -61,8 +63,14 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
     target = write_prediction(scan, prediction, save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}")
     if save_png:
         montage(scan.image, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
-    logger.info("%s (stored %s, read as %s) -> %s (%s voxels labelled)", path.name, scan.orientation,
-                CANONICAL_ORIENTATION, target, int((prediction > 0).sum()))
+    logger.info(
+        "%s (stored %s, read as %s) -> %s (%s voxels labelled)",
+        path.name,
+        scan.orientation,
+        CANONICAL_ORIENTATION,
+        target,
+        int((prediction > 0).sum()),
+    )
     return target
 
 
@@ -71,8 +79,7 @@ def find_images(path: Path) -> list[Path]:
     earlier predictions excluded."""
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.stem.endswith(("_pred", "_overlay")))
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(("_pred", "_overlay")))
 
 
 def segment_image(predictor: Predictor, path: Path, save_dir: Path) -> Path:
@@ -85,6 +92,7 @@ def segment_image(predictor: Predictor, path: Path, save_dir: Path) -> Path:
     target = save_dir / f"{path.stem}_pred.png"
     Image.fromarray(prediction).save(target)
     Image.fromarray(overlay_rgb(rgb, prediction, predictor.num_classes).transpose(1, 2, 0)).save(
-        save_dir / f"{path.stem}_overlay.png")
+        save_dir / f"{path.stem}_overlay.png"
+    )
     logger.info("%s -> %s (%d pixels labelled)", path.name, target, int((prediction > 0).sum()))
     return target

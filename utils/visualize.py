@@ -16,8 +16,14 @@ LEGEND_LINE = 18
 # cyan, liver magenta, pancreas yellow, spleen purple, stomach orange); further classes get
 # evenly spaced hues.
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (70, 240, 240),
-    (240, 50, 230), (255, 225, 25), (145, 30, 180), (245, 130, 48),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (70, 240, 240),
+    (240, 50, 230),
+    (255, 225, 25),
+    (145, 30, 180),
+    (245, 130, 48),
 ]
 
 

@@ -32,9 +32,9 @@ import argparse
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
@@ -80,7 +80,7 @@ def find_frames(raw_dir: str | Path) -> list[Frame]:
         match = _IMAGE.match(path.name)
         if match is None:
             continue
-        suffix = path.name[path.name.index(".nii"):]
+        suffix = path.name[path.name.index(".nii") :]
         label = path.with_name(path.name[: -len(suffix)] + _LABEL_TAG + suffix)
         if not label.is_file():
             logger.warning("skipping %s: no %s", path, label.name)
@@ -88,8 +88,7 @@ def find_frames(raw_dir: str | Path) -> list[Frame]:
         name = f"patient{int(match['patient']):03d}_frame{int(match['frame']):02d}"
         frames.append(Frame(name, int(match["patient"]), path, label))
     if not frames:
-        raise DataError(f"--raw {raw_dir} holds no patientXXX_frameYY.nii.gz with a _gt label; "
-                        "pass the ACDC training folder")
+        raise DataError(f"--raw {raw_dir} holds no patientXXX_frameYY.nii.gz with a _gt label; pass the ACDC training folder")
     return sorted(frames, key=lambda frame: frame.name)
 
 
@@ -117,8 +116,7 @@ def read_split_file(path: str | Path, patients: Sequence[int]) -> dict[int, str]
         raise DataError(f"--split_file {path} is not a readable JSON file ({' '.join(str(error).split())})") from None
     if not isinstance(content, dict) or not set(content) <= set(ROLES) or not all(r in content for r in REQUIRED_ROLES):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise DataError(f"--split_file {path} must be a JSON object with lists 'train', 'test' and optionally 'val', "
-                        f"got {found}")
+        raise DataError(f"--split_file {path} must be a JSON object with lists 'train', 'test' and optionally 'val', got {found}")
     roles: dict[int, str] = {}
     for role in ROLES:
         entries = content.get(role, [])
@@ -127,25 +125,32 @@ def read_split_file(path: str | Path, patients: Sequence[int]) -> dict[int, str]
         for entry in entries:
             number = _patient_number(path, role, entry)
             if number in roles:
-                raise DataError(f"--split_file {path}: patient{number:03d} is listed twice ({roles[number]!r} and "
-                                f"{role!r}); list each patient once")
+                raise DataError(
+                    f"--split_file {path}: patient{number:03d} is listed twice ({roles[number]!r} and "
+                    f"{role!r}); list each patient once"
+                )
             roles[number] = role
     known = set(patients)
     unknown = sorted(set(roles) - known)
     if unknown:
-        raise DataError(f"--split_file {path} lists patient{unknown[0]:03d}"
-                        + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else "")
-                        + " with no annotated frame in --raw; check the ids or the raw folder")
+        raise DataError(
+            f"--split_file {path} lists patient{unknown[0]:03d}"
+            + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else "")
+            + " with no annotated frame in --raw; check the ids or the raw folder"
+        )
     missing = sorted(known - set(roles))
     if missing:
-        raise DataError(f"--split_file {path} does not list patient{missing[0]:03d}"
-                        + (f" nor {len(missing) - 1} more" if len(missing) > 1 else "")
-                        + " found in --raw; give every patient a role")
+        raise DataError(
+            f"--split_file {path} does not list patient{missing[0]:03d}"
+            + (f" nor {len(missing) - 1} more" if len(missing) > 1 else "")
+            + " found in --raw; give every patient a role"
+        )
     return roles
 
 
-def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None,
-            split_file: str | Path | None = None) -> dict[str, list[str]]:
+def convert(
+    raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None, split_file: str | Path | None = None
+) -> dict[str, list[str]]:
     """Convert raw ACDC to the Synapse format under ``out_dir`` (see the module docstring).
 
     Args:
@@ -180,8 +185,15 @@ def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | Non
             write_list(list_dir / file_name, names)
         else:
             logger.warning("no frames for %s; not written", list_dir / file_name)
-    logger.info("converted %d training frames (%d slices), %d validation and %d test frames into %s; lists in %s",
-                len(done[TRAIN]), len(slices), len(done[VAL]), len(done[TEST]), out_dir, list_dir)
+    logger.info(
+        "converted %d training frames (%d slices), %d validation and %d test frames into %s; lists in %s",
+        len(done[TRAIN]),
+        len(slices),
+        len(done[VAL]),
+        len(done[TEST]),
+        out_dir,
+        list_dir,
+    )
     return done
 
 
@@ -189,16 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.prepare.acdc",
         description="Convert raw ACDC cine MRI (patientXXX_frameYY.nii.gz + _gt) to train_npz/ slices and "
-                    "test_vol_h5/ volumes with a 70/10/20 patient split (this repository's rule, not any paper's; "
-                    "--split_file gives a paper's).",
+        "test_vol_h5/ volumes with a 70/10/20 patient split (this repository's rule, not any paper's; "
+        "--split_file gives a paper's).",
     )
     parser.add_argument("--raw", required=True, type=Path, help="ACDC training folder (patient001/ ... patient100/)")
     parser.add_argument("--out", required=True, type=Path, help="output data folder (the table's default: ./data/ACDC)")
     parser.add_argument("--list_dir", type=Path, help=f"where the lists go (default {ACDC.list_dir})")
-    parser.add_argument("--split_file", type=Path,
-                        help='JSON {"train": [...], "val": [...], "test": [...]} of patient ids (patient001 or 1), to '
-                             "reproduce a paper's split; default: this repository's rule (test n %% 5 == 0, "
-                             "validation n %% 10 == 2)")
+    parser.add_argument(
+        "--split_file",
+        type=Path,
+        help='JSON {"train": [...], "val": [...], "test": [...]} of patient ids (patient001 or 1), to '
+        "reproduce a paper's split; default: this repository's rule (test n %% 5 == 0, "
+        "validation n %% 10 == 2)",
+    )
     return parser
 
 

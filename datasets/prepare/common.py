@@ -44,8 +44,10 @@ def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, labe
     )
     for name, ours, theirs, tolerance in checks:
         if not np.all(np.abs(np.subtract(ours, theirs)) <= tolerance):
-            raise DataError(f"{image_path} and {label_path} differ in {name}: {_fmt(ours)} vs {_fmt(theirs)}; "
-                            "the label must lie on the image's voxel grid -- resample it onto the image or fix its header")
+            raise DataError(
+                f"{image_path} and {label_path} differ in {name}: {_fmt(ours)} vs {_fmt(theirs)}; "
+                "the label must lie on the image's voxel grid -- resample it onto the image or fix its header"
+            )
 
 
 def _read(path: Path) -> sitk.Image:
@@ -55,7 +57,9 @@ def _read(path: Path) -> sitk.Image:
         raise DataError(f"{path} is not a readable NIfTI file: {' '.join(str(error).split())[:200]}") from None
 
 
-def read_nifti_pair(image_path: Path, label_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def read_nifti_pair(
+    image_path: Path, label_path: Path, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a 3D image and its label volume.
 
     Returns:
@@ -74,9 +78,11 @@ def read_nifti_pair(image_path: Path, label_path: Path, num_classes: int) -> tup
     check_same_grid(image_itk, label_itk, image_path, label_path)
     fractional = np.issubdtype(label.dtype, np.floating) and (label != np.round(label)).any()
     if fractional or label.min() < 0 or label.max() >= num_classes:
-        raise DataError(f"{label_path}: label values span [{label.min():g}, {label.max():g}]"
-                        + (" with fractions" if fractional else "")
-                        + f"; expected class ids 0..{num_classes - 1}")
+        raise DataError(
+            f"{label_path}: label values span [{label.min():g}, {label.max():g}]"
+            + (" with fractions" if fractional else "")
+            + f"; expected class ids 0..{num_classes - 1}"
+        )
     x, y, z = image_itk.GetSpacing()
     return image, label.astype(np.float32), (float(z), float(y), float(x))
 
@@ -87,14 +93,12 @@ def write_training_slices(train_dir: Path, case: str, image: np.ndarray, label: 
     names = []
     for index in range(image.shape[0]):
         name = slice_name(case, index)
-        np.savez(train_dir / (name + SLICE_SUFFIX), image=image[index].astype(np.float32),
-                 label=label[index].astype(np.float32))
+        np.savez(train_dir / (name + SLICE_SUFFIX), image=image[index].astype(np.float32), label=label[index].astype(np.float32))
         names.append(name)
     return names
 
 
-def write_volume(test_dir: Path, case: str, image: np.ndarray, label: np.ndarray,
-                 spacing: Sequence[float] | None) -> Path:
+def write_volume(test_dir: Path, case: str, image: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None) -> Path:
     """Write a case as ``test_dir/CASE.npy.h5`` (float32 image and label, spacing attribute)."""
     test_dir.mkdir(parents=True, exist_ok=True)
     path = test_dir / (case + VOLUME_SUFFIX)

@@ -36,8 +36,8 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -137,7 +137,7 @@ def mask_ids(path: Path, mask: Image.Image, palette: dict[tuple[int, int, int], 
         colours, inverse = np.unique(rgb, axis=0, return_inverse=True)
         unknown = [tuple(int(v) for v in c) for c in colours if tuple(int(v) for v in c) not in palette]
         if unknown:
-            hex_colours = ", ".join("#%02x%02x%02x" % c for c in unknown[:3])
+            hex_colours = ", ".join("#{:02x}{:02x}{:02x}".format(*c) for c in unknown[:3])
             raise DataError(f"{path} holds colour(s) {hex_colours} that --palette does not map; add them to the palette")
         lookup = np.array([palette[tuple(int(v) for v in c)] for c in colours], np.int64)
         return lookup[inverse.reshape(-1)].reshape(mask.size[1], mask.size[0])
@@ -171,8 +171,13 @@ def find_pairs(images: Path, masks: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def convert(images: str | Path, masks: str | Path, out: str | Path, palette: str | Path | None = None,
-            classes: Sequence[str] | None = None) -> dict:
+def convert(
+    images: str | Path,
+    masks: str | Path,
+    out: str | Path,
+    palette: str | Path | None = None,
+    classes: Sequence[str] | None = None,
+) -> dict:
     """Convert the pairs of ``images`` / ``masks`` into ``out`` (see the module docstring).
 
     Returns:
@@ -202,8 +207,7 @@ def convert(images: str | Path, masks: str | Path, out: str | Path, palette: str
     return result
 
 
-def _write(pairs: list[tuple[str, Path, Path]], staging: Path, palette: dict | None, names: list[str],
-           names_given: bool) -> dict:
+def _write(pairs: list[tuple[str, Path, Path]], staging: Path, palette: dict | None, names: list[str], names_given: bool) -> dict:
     (staging / IMAGE_DIR).mkdir()
     (staging / MASK_DIR).mkdir()
     labels: dict[str, np.ndarray] = {}
@@ -212,8 +216,10 @@ def _write(pairs: list[tuple[str, Path, Path]], staging: Path, palette: dict | N
         image = to_eight_bit(image_file, _open(image_file))
         ids = mask_ids(mask_file, _open(mask_file), palette)
         if ids.shape != (image.size[1], image.size[0]):
-            raise DataError(f"{mask_file} is {ids.shape[1]}x{ids.shape[0]} but its image {image_file.name} is "
-                            f"{image.size[0]}x{image.size[1]}; they must be the same size")
+            raise DataError(
+                f"{mask_file} is {ids.shape[1]}x{ids.shape[0]} but its image {image_file.name} is "
+                f"{image.size[0]}x{image.size[1]}; they must be the same size"
+            )
         if names_given and ids.max() > len(names):
             raise DataError(f"{mask_file} holds class id {ids.max()}, but --classes names ids 1..{len(names)}")
         if ids.max() >= MAX_IDS:
@@ -236,11 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.prepare.images",
         description="Convert your own 2D images (PNG/JPEG/TIFF, grey or RGB) and masks (class ids, or colours with "
-                    "--palette) into images/, masks/, lists/ and dataset.json for --dataset OUT/dataset.json.",
+        "--palette) into images/, masks/, lists/ and dataset.json for --dataset OUT/dataset.json.",
     )
     parser.add_argument("--images", required=True, type=Path, help="folder of images")
-    parser.add_argument("--masks", required=True, type=Path, help="folder of masks: NAME.*, NAME_segmentation.* or "
-                        "NAME_mask.*")
+    parser.add_argument("--masks", required=True, type=Path, help="folder of masks: NAME.*, NAME_segmentation.* or NAME_mask.*")
     parser.add_argument("--out", required=True, type=Path, help="new output folder")
     parser.add_argument("--palette", type=Path, help='JSON {"#rrggbb" or "[r, g, b]": class id or name} for colour masks')
     parser.add_argument("--classes", nargs="+", help="names of classes 1..K (default: from the palette, or class 1..K)")
@@ -254,8 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = convert(args.images, args.masks, args.out, args.palette, args.classes)
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"{len(result['train'])} train, {len(result['val'])} val, {len(result['test'])} test images of "
-          f"{len(result['class_names']) + 1} classes in {args.out}; use --dataset {args.out / DATASET_JSON}")
+    print(
+        f"{len(result['train'])} train, {len(result['val'])} val, {len(result['test'])} test images of "
+        f"{len(result['class_names']) + 1} classes in {args.out}; use --dataset {args.out / DATASET_JSON}"
+    )
 
 
 if __name__ == "__main__":

@@ -118,8 +118,14 @@ def held_out_positions(count: int, fraction: float) -> set[int]:
     return {int((k + 0.5) * count / n_test) for k in range(n_test)}
 
 
-def convert(images: str | Path, labels: str | Path, classes: str | Path, out_dir: str | Path,
-            test_fraction: float = DEFAULT_TEST_FRACTION, clip: Sequence[float] | None = None) -> DatasetInfo:
+def convert(
+    images: str | Path,
+    labels: str | Path,
+    classes: str | Path,
+    out_dir: str | Path,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    clip: Sequence[float] | None = None,
+) -> DatasetInfo:
     """Convert a NIfTI folder pair (see the module docstring).
 
     Returns:
@@ -149,27 +155,45 @@ def convert(images: str | Path, labels: str | Path, classes: str | Path, out_dir
         else:
             slices += write_training_slices(out_dir / TRAIN_DIR, name, image, label.astype(np.float32))
     info_path = out_dir / DATASET_JSON
-    info_path.write_text(json.dumps({"class_names": names, "intensity_clip": None if window is None else list(window)},
-                                    indent=2) + "\n")
+    info_path.write_text(
+        json.dumps({"class_names": names, "intensity_clip": None if window is None else list(window)}, indent=2) + "\n"
+    )
     info = load_dataset_json(info_path)
     write_list(Path(info.list_dir) / info.train_list, slices)
     write_list(Path(info.list_dir) / info.test_list, tests)
-    logger.info("converted %d training cases (%d slices) and %d test cases into %s; use --dataset %s",
-                len(pairs) - len(tests), len(slices), len(tests), out_dir, info_path)
+    logger.info(
+        "converted %d training cases (%d slices) and %d test cases into %s; use --dataset %s",
+        len(pairs) - len(tests),
+        len(slices),
+        len(tests),
+        out_dir,
+        info_path,
+    )
     return info
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare.nifti",
-                                     description="Convert labelled NIfTI volumes to the Synapse format plus a dataset.json.")
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.prepare.nifti",
+        description="Convert labelled NIfTI volumes to the Synapse format plus a dataset.json.",
+    )
     parser.add_argument("--images", required=True, type=Path, help="folder of 3D scans NAME.nii.gz")
     parser.add_argument("--labels", required=True, type=Path, help="folder of label volumes NAME.nii.gz (ids 0..K)")
     parser.add_argument("--classes", required=True, type=Path, help='JSON file {"1": "name", ..., "K": "name"}')
     parser.add_argument("--out", required=True, type=Path, help="output data folder")
-    parser.add_argument("--test_fraction", type=float, default=DEFAULT_TEST_FRACTION,
-                        help="share of the cases held out as test volumes (evenly spread over the sorted names)")
-    parser.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="intensity window before min-max scaling, e.g. -125 275 for abdominal CT (default: none)")
+    parser.add_argument(
+        "--test_fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        help="share of the cases held out as test volumes (evenly spread over the sorted names)",
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="intensity window before min-max scaling, e.g. -125 275 for abdominal CT (default: none)",
+    )
     return parser
 
 

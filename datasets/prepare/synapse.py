@@ -112,14 +112,13 @@ def find_raw_cases(raw_dir: str | Path) -> list[RawCase]:
     labels = _scan([raw_dir, raw_dir / "label"], _LABEL_FILE)
     if not images:
         raise DataError(
-            f"no img00XX.nii.gz files in {raw_dir} or {raw_dir / 'img'}; pass the BTCV folder "
-            "(e.g. RawData/Training) as --raw"
+            f"no img00XX.nii.gz files in {raw_dir} or {raw_dir / 'img'}; pass the BTCV folder (e.g. RawData/Training) as --raw"
         )
     unlabeled = sorted(set(images) - set(labels))
     if unlabeled:
         image = images[unlabeled[0]]
         raise DataError(
-            f"{image} has no label file (expected label{image.name[len('img'):]} in {raw_dir} "
+            f"{image} has no label file (expected label{image.name[len('img') :]} in {raw_dir} "
             f"or {raw_dir / 'label'}); add it or remove the image"
         )
     for name in sorted(set(labels) - set(images)):
@@ -166,24 +165,19 @@ def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float
         label_itk = sitk.ReadImage(str(case.label))
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "read error"
-        raise DataError(
-            f"cannot read {case.name} ({case.image}, {case.label}): {first_line}"
-        ) from error
+        raise DataError(f"cannot read {case.name} ({case.image}, {case.label}): {first_line}") from error
     image = sitk.GetArrayFromImage(image_itk)
     label = sitk.GetArrayFromImage(label_itk)
     if image.shape != label.shape:
         raise DataError(
-            f"{case.image} has shape {image.shape} (z, y, x) but {case.label} has {label.shape}; "
-            "they must be the same scan"
+            f"{case.image} has shape {image.shape} (z, y, x) but {case.label} has {label.shape}; they must be the same scan"
         )
     spacing_xyz = image_itk.GetSpacing()
     spacing = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
     return normalise_volume(image, CT_WINDOW), btcv_to_synapse(label, case.label), spacing
 
 
-def convert(
-    raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None
-) -> dict[str, list[str]]:
+def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None) -> dict[str, list[str]]:
     """Convert raw BTCV to the Synapse format under ``out_dir`` (see the module docstring).
 
     Args:
@@ -224,14 +218,19 @@ def convert(
         write_synapse_lists(out_dir, list_dir)
     else:
         # write_synapse_lists needs both folders; write the one list that applies.
-        logger.warning("no %s cases converted; writing only the other list",
-                       "test" if done["train"] else "training")
+        logger.warning("no %s cases converted; writing only the other list", "test" if done["train"] else "training")
         if done["train"]:
             write_list(list_dir / TRAIN_LIST, train_slices)
         else:
             write_list(list_dir / TEST_LIST, sorted(done["test"]))
-    logger.info("converted %d training cases (%d slices) and %d test cases into %s; lists in %s",
-                len(done["train"]), len(train_slices), len(done["test"]), out_dir, list_dir)
+    logger.info(
+        "converted %d training cases (%d slices) and %d test cases into %s; lists in %s",
+        len(done["train"]),
+        len(train_slices),
+        len(done["test"]),
+        out_dir,
+        list_dir,
+    )
     return done
 
 
@@ -241,12 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert raw BTCV abdomen CT (img00XX/label00XX.nii.gz) to the Synapse "
         "format: train_npz/ slices and test_vol_h5/ volumes with the standard split.",
     )
-    parser.add_argument("--raw", required=True, type=Path,
-                        help="folder with img00XX.nii.gz and label00XX.nii.gz (flat or in "
-                        "img/ and label/)")
+    parser.add_argument(
+        "--raw", required=True, type=Path, help="folder with img00XX.nii.gz and label00XX.nii.gz (flat or in img/ and label/)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output data folder")
-    parser.add_argument("--list_dir", type=Path, default=None,
-                        help="where to write train.txt and test_vol.txt (default OUT/lists)")
+    parser.add_argument(
+        "--list_dir", type=Path, default=None, help="where to write train.txt and test_vol.txt (default OUT/lists)"
+    )
     return parser
 
 

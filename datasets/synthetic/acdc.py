@@ -98,8 +98,10 @@ def make_case(rng: np.random.Generator, size: int, num_slices: int) -> tuple[np.
     wall = rng.uniform(*MYO_THICKNESS)
     rv_slices = max(1, int(round(rng.uniform(*RV_REACH) * num_slices)))
     tilt = rng.uniform(-0.3, 0.3)  # RV direction around the image's upper left
-    signal = {name: value * (1 + rng.uniform(-SIGNAL_SPREAD, SIGNAL_SPREAD))
-              for name, value in (("blood", BLOOD), ("muscle", MUSCLE), ("soft", SOFT_TISSUE), ("lung", LUNG))}
+    signal = {
+        name: value * (1 + rng.uniform(-SIGNAL_SPREAD, SIGNAL_SPREAD))
+        for name, value in (("blood", BLOOD), ("muscle", MUSCLE), ("soft", SOFT_TISSUE), ("lung", LUNG))
+    }
 
     label = np.zeros((num_slices, size, size), np.uint8)
     image = np.full((num_slices, size, size), AIR, np.float64)
@@ -115,8 +117,10 @@ def make_case(rng: np.random.Generator, size: int, num_slices: int) -> tuple[np.
         heart = distance <= outer
         if z < rv_slices:
             direction = np.pi + np.pi / 4 + tilt  # towards the image's upper left
-            rv_centre = (centre[0] + RV_SHIFT * 2 * outer * np.cos(direction) * 0.9,
-                         centre[1] + RV_SHIFT * 2 * outer * np.sin(direction) * 0.6)
+            rv_centre = (
+                centre[0] + RV_SHIFT * 2 * outer * np.cos(direction) * 0.9,
+                centre[1] + RV_SHIFT * 2 * outer * np.sin(direction) * 0.6,
+            )
             taper = 1 - 0.5 * z / rv_slices
             rv = _ellipse(x, y, rv_centre, (RV_RADII[0] * outer * taper, RV_RADII[1] * outer * taper))
             # The septum keeps the RV cavity off the LV: the RV begins a wall's width outside it.
@@ -171,8 +175,10 @@ def generate_dataset(
         raise ValueError(f"--min_slices {min_slices} and --max_slices {max_slices} must satisfy 1 <= min <= max")
     counts = {"--train_cases": train_cases, "--val_cases": val_cases, "--test_cases": test_cases}
     if any(value < 1 for value in counts.values()) or sum(counts.values()) > MAX_CASES:
-        raise ValueError(f"{', '.join(counts)} must each be at least 1 and together at most {MAX_CASES}, got "
-                         f"{train_cases}, {val_cases}, {test_cases}")
+        raise ValueError(
+            f"{', '.join(counts)} must each be at least 1 and together at most {MAX_CASES}, got "
+            f"{train_cases}, {val_cases}, {test_cases}"
+        )
     out_dir = prepare_output(out_dir, GENERATOR, (TRAIN_DIR, TEST_DIR, LIST_DIR), overwrite)
     total = train_cases + val_cases + test_cases
     rngs = np.random.default_rng(seed).spawn(total)
@@ -192,15 +198,21 @@ def generate_dataset(
     write_list(list_dir / ACDC.train_list, slices)
     write_list(list_dir / ACDC.val_list, names["val"])
     write_list(list_dir / ACDC.test_list, names["test"])
-    logger.info("wrote %d training slices, %d validation and %d test volumes to %s",
-                len(slices), val_cases, test_cases, out_dir)
-    return {"out_dir": out_dir, "train_dir": out_dir / TRAIN_DIR, "test_dir": out_dir / TEST_DIR,
-            "list_dir": list_dir, **names, "num_train_slices": len(slices)}
+    logger.info("wrote %d training slices, %d validation and %d test volumes to %s", len(slices), val_cases, test_cases, out_dir)
+    return {
+        "out_dir": out_dir,
+        "train_dir": out_dir / TRAIN_DIR,
+        "test_dir": out_dir / TEST_DIR,
+        "list_dir": list_dir,
+        **names,
+        "num_train_slices": len(slices),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic.acdc",
-                                     description="Write synthetic short-axis cardiac MRI in the ACDC layout.")
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.synthetic.acdc", description="Write synthetic short-axis cardiac MRI in the ACDC layout."
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="in-plane size in pixels")
@@ -209,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_cases", type=int, default=DEFAULT_TEST_CASES)
     parser.add_argument("--min_slices", type=int, default=DEFAULT_MIN_SLICES)
     parser.add_argument("--max_slices", type=int, default=DEFAULT_MAX_SLICES)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the data an earlier run of this generator left in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the data an earlier run of this generator left in --out"
+    )
     return parser
 
 
@@ -219,8 +232,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        generate_dataset(args.out, args.seed, args.size, args.train_cases, args.val_cases, args.test_cases,
-                         args.min_slices, args.max_slices, args.overwrite)
+        generate_dataset(
+            args.out,
+            args.seed,
+            args.size,
+            args.train_cases,
+            args.val_cases,
+            args.test_cases,
+            args.min_slices,
+            args.max_slices,
+            args.overwrite,
+        )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
 

@@ -111,9 +111,15 @@ def image_name(number: int) -> str:
     return f"ISIC_{number:07d}"
 
 
-def generate_dataset(out_dir: str | Path, seed: int = DEFAULT_SEED, size: int = DEFAULT_SIZE,
-                     train_images: int = DEFAULT_TRAIN, val_images: int = DEFAULT_VAL,
-                     test_images: int = DEFAULT_TEST, overwrite: bool = False) -> dict:
+def generate_dataset(
+    out_dir: str | Path,
+    seed: int = DEFAULT_SEED,
+    size: int = DEFAULT_SIZE,
+    train_images: int = DEFAULT_TRAIN,
+    val_images: int = DEFAULT_VAL,
+    test_images: int = DEFAULT_TEST,
+    overwrite: bool = False,
+) -> dict:
     """Write synthetic lesion images, masks and lists (see the module docstring).
 
     Image ``n`` is drawn from the n-th child of ``np.random.default_rng(seed)``. ``overwrite``
@@ -132,8 +138,10 @@ def generate_dataset(out_dir: str | Path, seed: int = DEFAULT_SEED, size: int = 
         raise ValueError(f"--size must be an integer >= {MIN_SIZE} pixels, got {size!r}")
     counts = {TRAIN: train_images, VAL: val_images, TEST: test_images}
     if min(counts.values()) < 1:
-        raise ValueError(f"--train_images, --val_images and --test_images must each be at least 1, got "
-                         f"{train_images}, {val_images}, {test_images}")
+        raise ValueError(
+            f"--train_images, --val_images and --test_images must each be at least 1, got "
+            f"{train_images}, {val_images}, {test_images}"
+        )
     out_dir = prepare_output(out_dir, GENERATOR, (IMAGE_DIR, MASK_DIR, LIST_DIR), overwrite)
     (out_dir / IMAGE_DIR).mkdir()
     (out_dir / MASK_DIR).mkdir(parents=True, exist_ok=True)
@@ -154,16 +162,19 @@ def generate_dataset(out_dir: str | Path, seed: int = DEFAULT_SEED, size: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic.isic",
-                                     description="Write synthetic dermoscopy images with lesion masks in the ISIC 2018 layout.")
+    parser = argparse.ArgumentParser(
+        prog="python -m datasets.synthetic.isic",
+        description="Write synthetic dermoscopy images with lesion masks in the ISIC 2018 layout.",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image width in pixels (height 3/4 of it)")
     parser.add_argument("--train_images", type=int, default=DEFAULT_TRAIN)
     parser.add_argument("--val_images", type=int, default=DEFAULT_VAL)
     parser.add_argument("--test_images", type=int, default=DEFAULT_TEST)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the data an earlier run of this generator left in --out")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the data an earlier run of this generator left in --out"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -39,16 +39,22 @@ def prepare_output(out_dir: str | Path, generator: str, owned: Sequence[str], ov
     marker = out_dir / MARKER
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not marker.is_file():
-            raise ValueError(f"--out {out_dir} is not empty and has no {MARKER} file, so it may hold real data; "
-                             "nothing was deleted -- choose an empty or new folder")
+            raise ValueError(
+                f"--out {out_dir} is not empty and has no {MARKER} file, so it may hold real data; "
+                "nothing was deleted -- choose an empty or new folder"
+            )
         maker = marker.read_text().strip()
         if maker != generator:
-            raise ValueError(f"--out {out_dir} holds a data set written by {maker or 'an unknown generator'}, "
-                             f"not {generator}; nothing was deleted -- choose another folder")
+            raise ValueError(
+                f"--out {out_dir} holds a data set written by {maker or 'an unknown generator'}, "
+                f"not {generator}; nothing was deleted -- choose another folder"
+            )
         present = [out_dir / name for name in owned if (out_dir / name).exists() or (out_dir / name).is_symlink()]
         if present and not overwrite:
-            raise ValueError(f"--out {out_dir} already holds {', '.join(p.name for p in present)} from an earlier run; "
-                             "pass --overwrite to replace them or choose an empty folder")
+            raise ValueError(
+                f"--out {out_dir} already holds {', '.join(p.name for p in present)} from an earlier run; "
+                "pass --overwrite to replace them or choose an empty folder"
+            )
         for path in present:
             # A link is removed, never followed: what it points to is not ours.
             if path.is_dir() and not path.is_symlink():

@@ -262,9 +262,16 @@ class Canvas:
         self.label = np.zeros(shape, dtype=np.uint8)
         self.cavity = np.zeros(shape, dtype=bool)
 
-    def paint(self, region: Region, mask: np.ndarray, tissue: int, label: int = BACKGROUND,
-              in_cavity: bool = False, only_label: int | None = None,
-              only_tissue: int | None = None) -> None:
+    def paint(
+        self,
+        region: Region,
+        mask: np.ndarray,
+        tissue: int,
+        label: int = BACKGROUND,
+        in_cavity: bool = False,
+        only_label: int | None = None,
+        only_tissue: int | None = None,
+    ) -> None:
         """Set ``tissue`` and ``label`` where ``mask`` (region-shaped, bool) holds.
 
         in_cavity keeps organs inside the abdominal wall; only_label / only_tissue paint only
@@ -279,8 +286,9 @@ class Canvas:
         self.tissue[region][mask] = tissue
         self.label[region][mask] = label
 
-    def paint_blob(self, blob: Blob, tissue: int, label: int = BACKGROUND,
-                   **where: bool | int | None) -> tuple[Region, np.ndarray, np.ndarray] | None:
+    def paint_blob(
+        self, blob: Blob, tissue: int, label: int = BACKGROUND, **where: bool | int | None
+    ) -> tuple[Region, np.ndarray, np.ndarray] | None:
         """Paint ``blob`` and return its field (as ``blob_field``) for painting inner layers."""
         field = blob_field(self.grid, blob)
         if field is not None:
@@ -300,8 +308,7 @@ def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def _harmonics(rng: np.random.Generator, amplitude: float, count: int = 3) -> dict:
     """Random smooth outline deformation: harmonics k = 2 .. count + 1, weaker for higher k."""
     return {
-        "amps": tuple(float(amplitude * rng.uniform(0.3, 1.0) * 2.0 / k)
-                      for k in range(2, count + 2)),
+        "amps": tuple(float(amplitude * rng.uniform(0.3, 1.0) * 2.0 / k) for k in range(2, count + 2)),
         "phases": tuple(float(p) for p in rng.uniform(0.0, 2.0 * np.pi, count)),
         "rates": tuple(float(r) for r in rng.uniform(-4.0, 4.0, count)),
     }
@@ -322,8 +329,7 @@ def _interpolation_weights(n_out: int, n_in: int) -> np.ndarray:
     return (weights / np.sqrt((weights * weights).sum(axis=1, keepdims=True))).astype(np.float32)
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int],
-                  nodes: tuple[int, int, int]) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], nodes: tuple[int, int, int]) -> np.ndarray:
     """Smooth random field, float32 ``shape``, zero mean and unit variance.
 
     White noise on a coarse grid of ``nodes`` is interpolated axis by axis as matrix products:
@@ -407,12 +413,23 @@ def _paint_spine(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     s = body.scale
     vx, vy = body.at(0.0, 0.26)
     for side in (-1.0, 1.0):
-        canvas.paint_blob(Blob(*body.at(side * 0.15, 0.44), 0.12 * s, 0.08 * s, angle=side * 0.25,
-                               **_harmonics(rng, 0.04)), MUSCLE)
+        canvas.paint_blob(
+            Blob(*body.at(side * 0.15, 0.44), 0.12 * s, 0.08 * s, angle=side * 0.25, **_harmonics(rng, 0.04)), MUSCLE
+        )
         # Psoas: appears mid-abdomen and thickens caudally beside the vertebra.
-        canvas.paint_blob(Blob(*body.at(side * 0.15, 0.25), 0.065 * s, 0.055 * s,
-                               angle=side * 0.6, z0=_uniform(rng, 0.35, 0.5), z1=1.8, peak=0.5,
-                               vx=side * 0.05), MUSCLE)
+        canvas.paint_blob(
+            Blob(
+                *body.at(side * 0.15, 0.25),
+                0.065 * s,
+                0.055 * s,
+                angle=side * 0.6,
+                z0=_uniform(rng, 0.35, 0.5),
+                z1=1.8,
+                peak=0.5,
+                vx=side * 0.05,
+            ),
+            MUSCLE,
+        )
     # Vertebral bodies alternate with intervertebral discs along z.
     z_mm = canvas.grid.z * COVERAGE_MM + _uniform(rng, 0.0, VERTEBRA_PERIOD_MM)
     disc = ((z_mm % VERTEBRA_PERIOD_MM) < DISC_MM)[:, None, None]
@@ -423,8 +440,7 @@ def _paint_spine(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     canal_x, canal_y = body.at(0.0, 0.415)
     canvas.paint_blob(Blob(canal_x, canal_y, 0.075 * s, 0.07 * s), BONE_CORTEX)
     for side in (-1.0, 1.0):
-        canvas.paint_blob(Blob(canal_x + side * 0.1 * s, canal_y - 0.01 * s, 0.065 * s, 0.02 * s,
-                               angle=side * 0.3), BONE_CORTEX)
+        canvas.paint_blob(Blob(canal_x + side * 0.1 * s, canal_y - 0.01 * s, 0.065 * s, 0.02 * s, angle=side * 0.3), BONE_CORTEX)
     canvas.paint_blob(Blob(canal_x, canal_y + 0.08 * s, 0.02 * s, 0.05 * s), BONE_CORTEX)
     canvas.paint_blob(Blob(canal_x, canal_y, 0.042 * s, 0.04 * s), CSF)
 
@@ -435,8 +451,7 @@ def _paint_ribs(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     for angle_deg in (-150, -125, 130, 155, 180, -30, -55, 50, 25, 0):
         angle = np.deg2rad(angle_deg + _uniform(rng, -6.0, 6.0))
         # Just inside the wall's muscle layer, along the ray at this angle.
-        depth = 1.0 - (body.fat * 1.1 + 0.05 * s) / np.hypot(body.half_w * np.cos(angle),
-                                                             body.half_h * np.sin(angle))
+        depth = 1.0 - (body.fat * 1.1 + 0.05 * s) / np.hypot(body.half_w * np.cos(angle), body.half_h * np.sin(angle))
         x = body.cx + depth * body.half_w * np.cos(angle)
         y = body.cy + depth * body.half_h * np.sin(angle)
         # The costal margin: ribs end higher anteriorly than laterally and posteriorly.
@@ -444,8 +459,7 @@ def _paint_ribs(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
         period = _uniform(rng, 0.1, 0.16)
         z = _uniform(rng, -period, 0.0)
         while z < z_end:
-            rib = Blob(x, y, 0.024 * s, 0.014 * s, angle=angle + np.pi / 2,
-                       z0=z, z1=z + 0.6 * period, power=0.3)
+            rib = Blob(x, y, 0.024 * s, 0.014 * s, angle=angle + np.pi / 2, z0=z, z1=z + 0.6 * period, power=0.3)
             field = canvas.paint_blob(rib, BONE_CORTEX)
             if field is not None:
                 region, q, _ = field
@@ -463,17 +477,31 @@ def _paint_bowel(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
         (-0.25, 0.0, 0.05, 0.05, 0.45, 0.75),  # duodenum, beside the pancreatic head
     ]
     for _ in range(int(rng.integers(15, 25))):  # small-bowel loops, anterior and caudal
-        loops.append((_uniform(rng, -0.45, 0.45), _uniform(rng, -0.4, 0.15),
-                      _uniform(rng, 0.04, 0.08), _uniform(rng, 0.04, 0.08),
-                      _uniform(rng, 0.45, 1.0), 0.0))
+        loops.append(
+            (
+                _uniform(rng, -0.45, 0.45),
+                _uniform(rng, -0.4, 0.15),
+                _uniform(rng, 0.04, 0.08),
+                _uniform(rng, 0.04, 0.08),
+                _uniform(rng, 0.45, 1.0),
+                0.0,
+            )
+        )
     for x, y, a, b, z0, z1 in loops:
         if z1 <= z0:  # a small-bowel loop: centred at z0, short
             half = _uniform(rng, 0.05, 0.12)
             z0, z1 = z0 - half, z0 + half
-        blob = Blob(*body.at(x, y), a * s * _size(rng), b * s * _size(rng),
-                    angle=_uniform(rng, -0.5, 0.5), z0=z0 + _uniform(rng, -0.05, 0.05), z1=z1,
-                    vx=_uniform(rng, -0.1, 0.1), vy=_uniform(rng, -0.1, 0.1),
-                    **_harmonics(rng, 0.08))
+        blob = Blob(
+            *body.at(x, y),
+            a * s * _size(rng),
+            b * s * _size(rng),
+            angle=_uniform(rng, -0.5, 0.5),
+            z0=z0 + _uniform(rng, -0.05, 0.05),
+            z1=z1,
+            vx=_uniform(rng, -0.1, 0.1),
+            vy=_uniform(rng, -0.1, 0.1),
+            **_harmonics(rng, 0.08),
+        )
         content = (AIR, BOWEL_FLUID, MIXED_CONTENT)[int(rng.integers(0, 3))]
         field = canvas.paint_blob(blob, BOWEL_WALL, in_cavity=True)
         if field is not None:
@@ -484,10 +512,21 @@ def _paint_bowel(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
         r = _uniform(rng, 0.007, 0.014) * s
         z = _uniform(rng, 0.2, 1.0)
         half = _uniform(rng, 0.05, 0.2)
-        canvas.paint_blob(Blob(*body.at(_uniform(rng, -0.45, 0.45), _uniform(rng, -0.4, 0.15)),
-                               r, r, z0=z - half, z1=z + half, power=0.2,
-                               vx=_uniform(rng, -0.3, 0.3), vy=_uniform(rng, -0.3, 0.3)),
-                          VESSEL, only_tissue=FAT, in_cavity=True)
+        canvas.paint_blob(
+            Blob(
+                *body.at(_uniform(rng, -0.45, 0.45), _uniform(rng, -0.4, 0.15)),
+                r,
+                r,
+                z0=z - half,
+                z1=z + half,
+                power=0.2,
+                vx=_uniform(rng, -0.3, 0.3),
+                vy=_uniform(rng, -0.3, 0.3),
+            ),
+            VESSEL,
+            only_tissue=FAT,
+            in_cavity=True,
+        )
 
 
 def _paint_liver(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
@@ -496,12 +535,31 @@ def _paint_liver(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     size = _size(rng)
     top = _uniform(rng, -0.25, -0.1)
     bottom = _uniform(rng, 0.55, 0.7)
-    right = Blob(*body.at(-0.35, 0.0), 0.34 * s * size, 0.42 * s * size, angle=0.2,
-                 z0=top, z1=bottom, peak=0.45, power=0.4, vx=-0.05, vy=0.08,
-                 **_harmonics(rng, 0.06))
-    left = Blob(*body.at(-0.02, -0.27), 0.30 * s * size, 0.13 * s * size, angle=-0.25,
-                z0=top, z1=_uniform(rng, 0.3, 0.42), peak=0.4, power=0.5, vx=-0.2,
-                **_harmonics(rng, 0.08))
+    right = Blob(
+        *body.at(-0.35, 0.0),
+        0.34 * s * size,
+        0.42 * s * size,
+        angle=0.2,
+        z0=top,
+        z1=bottom,
+        peak=0.45,
+        power=0.4,
+        vx=-0.05,
+        vy=0.08,
+        **_harmonics(rng, 0.06),
+    )
+    left = Blob(
+        *body.at(-0.02, -0.27),
+        0.30 * s * size,
+        0.13 * s * size,
+        angle=-0.25,
+        z0=top,
+        z1=_uniform(rng, 0.3, 0.42),
+        peak=0.4,
+        power=0.5,
+        vx=-0.2,
+        **_harmonics(rng, 0.08),
+    )
     canvas.paint_blob(right, LIVER_T, LIVER, in_cavity=True)
     canvas.paint_blob(left, LIVER_T, LIVER, in_cavity=True)
     # Portal and hepatic veins: enhancing tubes that belong to the liver class.
@@ -509,18 +567,40 @@ def _paint_liver(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
         x, y = body.at(_uniform(rng, -0.55, -0.1), _uniform(rng, -0.3, 0.3))
         r = _uniform(rng, 0.012, 0.028) * s
         z = _uniform(rng, top, bottom)
-        canvas.paint_blob(Blob(x, y, r, r * _uniform(rng, 0.8, 1.6), angle=_uniform(rng, 0, 3),
-                               z0=z - 0.25, z1=z + 0.25, power=0.2,
-                               vx=_uniform(rng, -0.3, 0.3), vy=_uniform(rng, -0.3, 0.3)),
-                          LIVER_VESSEL, LIVER, only_label=LIVER)
+        canvas.paint_blob(
+            Blob(
+                x,
+                y,
+                r,
+                r * _uniform(rng, 0.8, 1.6),
+                angle=_uniform(rng, 0, 3),
+                z0=z - 0.25,
+                z1=z + 0.25,
+                power=0.2,
+                vx=_uniform(rng, -0.3, 0.3),
+                vy=_uniform(rng, -0.3, 0.3),
+            ),
+            LIVER_VESSEL,
+            LIVER,
+            only_label=LIVER,
+        )
 
 
 def _paint_spleen(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     """Spleen: an elongated ovoid along the left posterolateral wall, in the upper slices."""
     s = body.scale * _size(rng)
-    blob = Blob(*body.at(0.48, 0.2), 0.10 * s, 0.21 * s, angle=-0.7 + _uniform(rng, -0.2, 0.2),
-                z0=_uniform(rng, -0.05, 0.08), z1=_uniform(rng, 0.38, 0.5), peak=0.45,
-                vx=-0.05, vy=0.1, **_harmonics(rng, 0.08))
+    blob = Blob(
+        *body.at(0.48, 0.2),
+        0.10 * s,
+        0.21 * s,
+        angle=-0.7 + _uniform(rng, -0.2, 0.2),
+        z0=_uniform(rng, -0.05, 0.08),
+        z1=_uniform(rng, 0.38, 0.5),
+        peak=0.45,
+        vx=-0.05,
+        vy=0.1,
+        **_harmonics(rng, 0.08),
+    )
     canvas.paint_blob(blob, SPLEEN_T, SPLEEN, in_cavity=True)
 
 
@@ -528,17 +608,39 @@ def _paint_lungs(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     """Lung bases in the posterior costophrenic recesses of the first slices."""
     s = body.scale
     for side in (-1.0, 1.0):
-        canvas.paint_blob(Blob(*body.at(side * 0.42, 0.3), 0.22 * s, 0.16 * s, angle=side * 0.4,
-                               z0=-0.5, z1=_uniform(rng, 0.08, 0.2), peak=0.5, power=0.6,
-                               **_harmonics(rng, 0.06)), LUNG, in_cavity=True)
+        canvas.paint_blob(
+            Blob(
+                *body.at(side * 0.42, 0.3),
+                0.22 * s,
+                0.16 * s,
+                angle=side * 0.4,
+                z0=-0.5,
+                z1=_uniform(rng, 0.08, 0.2),
+                peak=0.5,
+                power=0.6,
+                **_harmonics(rng, 0.06),
+            ),
+            LUNG,
+            in_cavity=True,
+        )
 
 
 def _paint_stomach(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     """Stomach: enhancing wall around air, fluid, food, or air floating on fluid."""
     s = body.scale * _size(rng)
-    blob = Blob(*body.at(0.30, -0.14), 0.22 * s, 0.15 * s, angle=0.5 + _uniform(rng, -0.2, 0.2),
-                z0=_uniform(rng, -0.1, 0.02), z1=_uniform(rng, 0.45, 0.58), peak=0.35, power=0.6,
-                vx=-0.4, vy=-0.1, **_harmonics(rng, 0.1))
+    blob = Blob(
+        *body.at(0.30, -0.14),
+        0.22 * s,
+        0.15 * s,
+        angle=0.5 + _uniform(rng, -0.2, 0.2),
+        z0=_uniform(rng, -0.1, 0.02),
+        z1=_uniform(rng, 0.45, 0.58),
+        peak=0.35,
+        power=0.6,
+        vx=-0.4,
+        vy=-0.1,
+        **_harmonics(rng, 0.1),
+    )
     field = canvas.paint_blob(blob, STOMACH_WALL, STOMACH, in_cavity=True)
     if field is None:
         return
@@ -557,8 +659,7 @@ def _paint_stomach(canvas: Canvas, body: Body, rng: np.random.Generator) -> None
             y = blob.cy + _uniform(rng, -1.0, 1.0) * blob.b
             z = _uniform(rng, blob.z0, blob.z1)
             r = _uniform(rng, 0.01, 0.025) * body.scale
-            canvas.paint_blob(Blob(x, y, r, r, z0=z - 0.04, z1=z + 0.04, vx=blob.vx),
-                              AIR, STOMACH, only_tissue=MIXED_CONTENT)
+            canvas.paint_blob(Blob(x, y, r, r, z0=z - 0.04, z1=z + 0.04, vx=blob.vx), AIR, STOMACH, only_tissue=MIXED_CONTENT)
     else:
         # Patients lie supine: gas rises anteriorly (up in the image) above a flat level.
         y = canvas.grid.xy[region[1]][None, :, None]
@@ -575,9 +676,19 @@ def _paint_kidneys(canvas: Canvas, body: Body, rng: np.random.Generator) -> None
         # The long axis points from the anteromedial hilum to the posterolateral border.
         angle = side * (0.6 + _uniform(rng, -0.15, 0.15))
         z0 = _uniform(rng, 0.34, 0.44) + drop  # the liver pushes the right kidney down
-        blob = Blob(*body.at(side * 0.29, 0.27), 0.12 * s * size, 0.085 * s * size, angle=angle,
-                    z0=z0, z1=z0 + _uniform(rng, 0.45, 0.55), peak=0.5, power=0.5,
-                    vx=side * 0.06, vy=0.04, **_harmonics(rng, 0.04))
+        blob = Blob(
+            *body.at(side * 0.29, 0.27),
+            0.12 * s * size,
+            0.085 * s * size,
+            angle=angle,
+            z0=z0,
+            z1=z0 + _uniform(rng, 0.45, 0.55),
+            peak=0.5,
+            power=0.5,
+            vx=side * 0.06,
+            vy=0.04,
+            **_harmonics(rng, 0.04),
+        )
         field = canvas.paint_blob(blob, KIDNEY_CORTEX, label, in_cavity=True)
         if field is None:
             continue
@@ -585,9 +696,18 @@ def _paint_kidneys(canvas: Canvas, body: Body, rng: np.random.Generator) -> None
         canvas.paint(region, q < 0.7, KIDNEY_MEDULLA, label, in_cavity=True)
         medial = -side * 0.95 * blob.a
         length = blob.z1 - blob.z0
-        hilum = Blob(blob.cx + medial * np.cos(angle), blob.cy + medial * np.sin(angle),
-                     0.45 * blob.a, 0.35 * blob.b, angle=angle, z0=blob.z0 + 0.25 * length,
-                     z1=blob.z0 + 0.75 * length, power=0.3, vx=blob.vx, vy=blob.vy)
+        hilum = Blob(
+            blob.cx + medial * np.cos(angle),
+            blob.cy + medial * np.sin(angle),
+            0.45 * blob.a,
+            0.35 * blob.b,
+            angle=angle,
+            z0=blob.z0 + 0.25 * length,
+            z1=blob.z0 + 0.75 * length,
+            power=0.3,
+            vx=blob.vx,
+            vy=blob.vy,
+        )
         canvas.paint_blob(hilum, FAT, BACKGROUND, only_label=label)
 
 
@@ -595,9 +715,19 @@ def _paint_gallbladder(canvas: Canvas, body: Body, rng: np.random.Generator) -> 
     """A small fluid-dark ovoid on the liver's underside, in a middle range of slices."""
     s = body.scale * _size(rng)
     z0 = _uniform(rng, 0.3, 0.4)
-    blob = Blob(*body.at(-0.18 + _uniform(rng, -0.03, 0.03), -0.17), 0.065 * s, 0.09 * s,
-                angle=0.5 + _uniform(rng, -0.3, 0.3), z0=z0, z1=z0 + _uniform(rng, 0.18, 0.26),
-                peak=0.65, power=0.5, vx=0.1, vy=-0.15, **_harmonics(rng, 0.05))
+    blob = Blob(
+        *body.at(-0.18 + _uniform(rng, -0.03, 0.03), -0.17),
+        0.065 * s,
+        0.09 * s,
+        angle=0.5 + _uniform(rng, -0.3, 0.3),
+        z0=z0,
+        z1=z0 + _uniform(rng, 0.18, 0.26),
+        peak=0.65,
+        power=0.5,
+        vx=0.1,
+        vy=-0.15,
+        **_harmonics(rng, 0.05),
+    )
     canvas.paint_blob(blob, GALLBLADDER_T, GALLBLADDER, in_cavity=True)
 
 
@@ -641,12 +771,22 @@ def _paint_pancreas(canvas: Canvas, body: Body, rng: np.random.Generator) -> Non
 def _paint_vessels(canvas: Canvas, body: Body, rng: np.random.Generator) -> None:
     """Inferior vena cava (background class) and the aorta, a round tube in every slice."""
     s = body.scale
-    canvas.paint_blob(Blob(*body.at(-0.10, 0.07), 0.05 * s, 0.037 * s, angle=0.3,
-                           vx=_uniform(rng, -0.03, 0.03), **_harmonics(rng, 0.05)), IVC)
+    canvas.paint_blob(
+        Blob(*body.at(-0.10, 0.07), 0.05 * s, 0.037 * s, angle=0.3, vx=_uniform(rng, -0.03, 0.03), **_harmonics(rng, 0.05)), IVC
+    )
     radius = 0.061 * s * _uniform(rng, 0.9, 1.1)  # 2.5 cm diameter
-    canvas.paint_blob(Blob(*body.at(0.06, 0.10), radius, radius, vx=_uniform(rng, -0.04, 0.04),
-                           vy=_uniform(rng, -0.04, 0.02), **_harmonics(rng, 0.02)),
-                      AORTA_T, AORTA)
+    canvas.paint_blob(
+        Blob(
+            *body.at(0.06, 0.10),
+            radius,
+            radius,
+            vx=_uniform(rng, -0.04, 0.04),
+            vy=_uniform(rng, -0.04, 0.02),
+            **_harmonics(rng, 0.02),
+        ),
+        AORTA_T,
+        AORTA,
+    )
 
 
 def _to_image(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
@@ -667,8 +807,7 @@ def _to_image(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
     return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
 
 
-def make_case(rng: np.random.Generator, size: int,
-              num_slices: int) -> tuple[np.ndarray, np.ndarray]:
+def make_case(rng: np.random.Generator, size: int, num_slices: int) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic abdominal CT volume and its labels, cranial slice first.
 
     Args:
@@ -685,15 +824,30 @@ def make_case(rng: np.random.Generator, size: int,
     if num_slices < 1:
         raise ValueError(f"num_slices must be at least 1, got {num_slices}")
     scale = _uniform(rng, 0.95, 1.12)
-    body = Body(cx=_uniform(rng, -0.04, 0.04), cy=_uniform(rng, -0.04, 0.04), scale=scale,
-                half_w=0.80 * scale * _uniform(rng, 0.95, 1.05),
-                half_h=0.58 * scale * _uniform(rng, 0.95, 1.05),
-                fat=0.07 * scale * _uniform(rng, 0.5, 1.6))
+    body = Body(
+        cx=_uniform(rng, -0.04, 0.04),
+        cy=_uniform(rng, -0.04, 0.04),
+        scale=scale,
+        half_w=0.80 * scale * _uniform(rng, 0.95, 1.05),
+        half_h=0.58 * scale * _uniform(rng, 0.95, 1.05),
+        fat=0.07 * scale * _uniform(rng, 0.5, 1.6),
+    )
     canvas = Canvas(Grid(size, num_slices))
     # Painting order matters: organs over fat and bowel, vessels over organs.
-    for paint in (_paint_body, _paint_spine, _paint_ribs, _paint_bowel, _paint_liver,
-                  _paint_spleen, _paint_lungs, _paint_stomach, _paint_kidneys, _paint_gallbladder,
-                  _paint_pancreas, _paint_vessels):
+    for paint in (
+        _paint_body,
+        _paint_spine,
+        _paint_ribs,
+        _paint_bowel,
+        _paint_liver,
+        _paint_spleen,
+        _paint_lungs,
+        _paint_stomach,
+        _paint_kidneys,
+        _paint_gallbladder,
+        _paint_pancreas,
+        _paint_vessels,
+    ):
         paint(canvas, body, rng)
     return _to_image(canvas, rng), canvas.label
 
@@ -710,9 +864,7 @@ def _check_geometry(size: int, min_slices: int, max_slices: int) -> None:
         if not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_SLICES:
             raise ValueError(f"{flag} must be an integer in 1..{MAX_SLICES}, got {value!r}")
     if min_slices > max_slices:
-        raise ValueError(
-            f"--min_slices ({min_slices}) must not exceed --max_slices ({max_slices})"
-        )
+        raise ValueError(f"--min_slices ({min_slices}) must not exceed --max_slices ({max_slices})")
 
 
 def _check_counts(train_cases: int, test_cases: int) -> None:
@@ -721,8 +873,7 @@ def _check_counts(train_cases: int, test_cases: int) -> None:
             raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     if train_cases + test_cases > MAX_CASES:
         raise ValueError(
-            f"--train_cases + --test_cases must be at most {MAX_CASES} (4-digit case ids), "
-            f"got {train_cases + test_cases}"
+            f"--train_cases + --test_cases must be at most {MAX_CASES} (4-digit case ids), got {train_cases + test_cases}"
         )
 
 
@@ -787,8 +938,7 @@ def generate_dataset(
     test_ids = [case_id(n) for n in range(train_cases + 1, train_cases + test_cases + 1)]
     counts = {"train": 0, "test": 0}
     cases = [(cid, "train") for cid in train_ids] + [(cid, "test") for cid in test_ids]
-    for (cid, split), rng in tqdm(list(zip(cases, case_rngs)), desc="phantom cases",
-                                  disable=not progress):
+    for (cid, split), rng in tqdm(list(zip(cases, case_rngs)), desc="phantom cases", disable=not progress):
         num_slices = int(rng.integers(min_slices, max_slices + 1))
         image, label = make_case(rng, size, num_slices)
         label = label.astype(np.float32)  # the common Synapse copies store class ids as float32
@@ -802,8 +952,9 @@ def generate_dataset(
                 file.attrs["spacing"] = np.array(spacing_mm(size, num_slices), dtype=np.float64)
         counts[split] += num_slices
     train_list, test_list = write_synapse_lists(out_dir, out_dir / LIST_DIR)
-    logger.info("wrote %d training slices and %d test volumes (%d slices) to %s",
-                counts["train"], len(test_ids), counts["test"], out_dir)
+    logger.info(
+        "wrote %d training slices and %d test volumes (%d slices) to %s", counts["train"], len(test_ids), counts["test"], out_dir
+    )
     return {
         "out_dir": out_dir,
         "train_dir": train_dir,
@@ -821,23 +972,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.synthetic.synapse",
         description="Write a synthetic abdominal CT data set in the Synapse layout "
-                    "(train_npz/, test_vol_h5/, lists/) for demos and tests.",
+        "(train_npz/, test_vol_h5/, lists/) for demos and tests.",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
-                        help="in-plane size in pixels (real Synapse: 512; small trains fast)")
-    parser.add_argument("--train_cases", type=int, default=DEFAULT_TRAIN_CASES,
-                        help="number of training cases")
-    parser.add_argument("--test_cases", type=int, default=DEFAULT_TEST_CASES,
-                        help="number of test volumes")
-    parser.add_argument("--min_slices", type=int, default=DEFAULT_MIN_SLICES,
-                        help="fewest axial slices per case")
-    parser.add_argument("--max_slices", type=int, default=DEFAULT_MAX_SLICES,
-                        help="most axial slices per case")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the data an earlier run of this generator left in --out (never "
-                        "touches a folder without its .synthetic-dataset marker)")
+    parser.add_argument(
+        "--size", type=int, default=DEFAULT_SIZE, help="in-plane size in pixels (real Synapse: 512; small trains fast)"
+    )
+    parser.add_argument("--train_cases", type=int, default=DEFAULT_TRAIN_CASES, help="number of training cases")
+    parser.add_argument("--test_cases", type=int, default=DEFAULT_TEST_CASES, help="number of test volumes")
+    parser.add_argument("--min_slices", type=int, default=DEFAULT_MIN_SLICES, help="fewest axial slices per case")
+    parser.add_argument("--max_slices", type=int, default=DEFAULT_MAX_SLICES, help="most axial slices per case")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the data an earlier run of this generator left in --out (never "
+        "touches a folder without its .synthetic-dataset marker)",
+    )
     return parser
 
 
@@ -848,14 +999,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     start = time.perf_counter()
     try:
         summary = generate_dataset(
-            args.out, seed=args.seed, size=args.size, train_cases=args.train_cases,
-            test_cases=args.test_cases, min_slices=args.min_slices, max_slices=args.max_slices,
-            overwrite=args.overwrite, progress=True,
+            args.out,
+            seed=args.seed,
+            size=args.size,
+            train_cases=args.train_cases,
+            test_cases=args.test_cases,
+            min_slices=args.min_slices,
+            max_slices=args.max_slices,
+            overwrite=args.overwrite,
+            progress=True,
         )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
-    logger.info("done in %.1f s; lists: %s, %s", time.perf_counter() - start,
-                summary["train_list"], summary["test_list"])
+    logger.info("done in %.1f s; lists: %s, %s", time.perf_counter() - start, summary["train_list"], summary["test_list"])
     return summary
 
 
