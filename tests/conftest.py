@@ -84,3 +84,13 @@ def assert_same_weights(first: Path, second: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def tiny_isic_args(data: dict, output_dir: Path, list_dir: Path | None = None, eval_interval: int = 1) -> list[str]:
+    """train.py's arguments for one epoch of the tiny U-Net on a synthetic ISIC data set."""
+    folder = str(data["out_dir"])
+    return [
+        *("--dataset", "ISIC2018", "--root_path", folder, "--test_path", folder, "--output_dir", str(output_dir)),
+        *("--list_dir", str(list_dir or data["list_dir"]), "--img_size", str(TINY_SIZE), "--batch_size", "2"),
+        *("--num_workers", "0", "--eval_interval", str(eval_interval), "--max_epochs", "1", *TINY_UNET),
+    ]

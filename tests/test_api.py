@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from datasets.synthetic.isic import generate_dataset as generate_images
-from tests.conftest import REPO, TINY_SIZE, TINY_UNET, load_test_script
+from tests.conftest import REPO, load_test_script, tiny_isic_args
 from utils.predictor import Predictor
 
 
@@ -63,34 +63,7 @@ def test_test_py_segments_a_folder_of_unlabeled_images(tmp_path):
 
     data = generate_images(tmp_path / "isic", seed=4, size=40, train_images=4, val_images=2, test_images=2)
     run = tmp_path / "run"
-    assert (
-        train_script.main(
-            [
-                "--dataset",
-                "ISIC2018",
-                "--root_path",
-                str(data["out_dir"]),
-                "--test_path",
-                str(data["out_dir"]),
-                "--list_dir",
-                str(data["list_dir"]),
-                "--output_dir",
-                str(run),
-                "--img_size",
-                str(TINY_SIZE),
-                "--batch_size",
-                "2",
-                "--num_workers",
-                "0",
-                "--eval_interval",
-                "0",
-                "--max_epochs",
-                "1",
-                *TINY_UNET,
-            ]
-        )
-        == 0
-    )
+    assert train_script.main(tiny_isic_args(data, run, eval_interval=0)) == 0
     new = tmp_path / "new"
     new.mkdir()
     for name in data["test"]:

@@ -13,7 +13,7 @@ import torch
 
 import train as train_script
 from datasets.synthetic.isic import generate_dataset as generate_images
-from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
+from tests.conftest import load_test_script, tiny_isic_args
 from utils.evaluation import EvalSettings, ImageResult, VolumeEvaluator, VolumeResult, prefetched
 from utils.metrics import metrics_for_classes
 
@@ -74,34 +74,7 @@ def test_images_train_py_logs_what_test_py_writes_for_the_same_checkpoint(tmp_pa
     shutil.copytree(data["list_dir"], lists)
     shutil.copy(lists / "val.txt", lists / "test.txt")  # test.py scores what train.py validated on
     run = tmp_path / "run"
-    assert (
-        train_script.main(
-            [
-                "--dataset",
-                "ISIC2018",
-                "--root_path",
-                str(data["out_dir"]),
-                "--test_path",
-                str(data["out_dir"]),
-                "--list_dir",
-                str(lists),
-                "--output_dir",
-                str(run),
-                "--img_size",
-                str(TINY_SIZE),
-                "--batch_size",
-                "2",
-                "--num_workers",
-                "0",
-                "--eval_interval",
-                "1",
-                "--max_epochs",
-                "1",
-                *TINY_UNET,
-            ]
-        )
-        == 0
-    )
+    assert train_script.main(tiny_isic_args(data, run, lists)) == 0
     trained = json.loads((run / "eval" / "epoch_0" / "metrics.json").read_text())
     assert (
         load_test_script().main(

@@ -14,7 +14,7 @@ from datasets.catalog import dataset_info
 from datasets.common import DataError
 from datasets.isic import SkinImages, read_pair, write_isic_lists
 from datasets.synthetic.isic import generate_dataset, make_image
-from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
+from tests.conftest import load_test_script, tiny_isic_args
 from utils.checkpoint import load_checkpoint
 from utils.images import METRIC_NAMES, confusion, scores
 
@@ -75,31 +75,7 @@ def isic(tmp_path_factory) -> dict:
 
 def test_train_and_test_end_to_end_with_dataset_isic2018(isic, tmp_path):
     run = tmp_path / "run"
-    code = train_script.main(
-        [
-            "--dataset",
-            "ISIC2018",
-            "--root_path",
-            str(isic["out_dir"]),
-            "--test_path",
-            str(isic["out_dir"]),
-            "--list_dir",
-            str(isic["list_dir"]),
-            "--output_dir",
-            str(run),
-            "--img_size",
-            str(TINY_SIZE),
-            "--batch_size",
-            "2",
-            "--num_workers",
-            "0",
-            "--eval_interval",
-            "1",
-            "--max_epochs",
-            "1",
-            *TINY_UNET,
-        ]
-    )
+    code = train_script.main(tiny_isic_args(isic, run))
     assert code == 0
     assert load_checkpoint(run / "last.pth")["model_kwargs"]["in_chans"] == 3  # RGB from the table
     log = (run / "log.txt").read_text()
