@@ -16,8 +16,6 @@ nothing to find and nothing was wrongly found. Predictions are scored at each im
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import torch
 from torch import nn
@@ -97,30 +95,3 @@ def scores(counts: np.ndarray) -> np.ndarray:
         ],
         axis=-1,
     )
-
-
-def evaluate_images(
-    model: nn.Module,
-    cases: Iterable[dict],
-    num_classes: int,
-    img_size: tuple[int, int],
-    device: torch.device | str = "cpu",
-    amp: str = "off",
-) -> tuple[np.ndarray, list[str], dict]:
-    """Predict and count every image.
-
-    Args:
-        cases: items ``{"image": uint8 (H, W, 3), "label": (H, W), "case_name": str}``.
-
-    Returns:
-        Confusion counts int64 (images, num_classes - 1, 4), the image names, and the first
-        image with its prediction and truth (``{"image": (H, W, 3), "prediction", "label"}``).
-    """
-    counts, names, example = [], [], {}
-    for case in cases:
-        prediction = predict_image(model, case["image"], img_size, device, amp)
-        counts.append(confusion(prediction, case["label"], num_classes))
-        names.append(case["case_name"])
-        if not example:
-            example = {"image": case["image"], "prediction": prediction, "label": case["label"]}
-    return np.stack(counts), names, example

@@ -21,7 +21,6 @@ from torch import nn
 from datasets.resize import zoom_labels
 from datasets.synapse import preprocess_batch
 from utils.errors import UserError
-from utils.metrics import metrics_for_classes
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Slices per forward pass when none is given: batching pays on a GPU; on a CPU it does not
@@ -101,27 +100,3 @@ def predict_volume(
         labels = zoom_labels(torch.cat(argmax), (height, width))
         prediction[start : start + len(labels)] = labels.cpu().numpy()
     return prediction
-
-
-def evaluate_volume(
-    model: nn.Module,
-    case: dict,
-    num_classes: int,
-    img_size: tuple[int, int],
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-    amp: str = "off",
-    convention: str = "published",
-    spacing: tuple[float, ...] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predict one labelled case and score it.
-
-    Args:
-        case: ``{"image": (D, H, W), "label": (D, H, W), ...}`` as the volume readers give.
-        spacing: (z, y, x) mm for HD95 in mm; None for voxel units (the published convention).
-
-    Returns:
-        The (D, H, W) prediction and a (num_classes - 1, 2) array of (Dice, HD95) per class.
-    """
-    prediction = predict_volume(model, case["image"], img_size, batch_size, device, amp)
-    return prediction, metrics_for_classes(prediction, case["label"], num_classes, spacing=spacing, convention=convention)
