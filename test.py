@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,7 @@ def run(args: argparse.Namespace) -> None:
             evaluator.settings.unit,
         )
         title = "test volumes"
+    start = time.perf_counter()
     result = evaluator.evaluate(
         predictor.model,
         cases,
@@ -248,7 +250,7 @@ def run(args: argparse.Namespace) -> None:
     )
     result.log(f"{title} of {predictor.checkpoint}")
     result.write(save_dir)
-    logger.info("results in %s", save_dir)
+    logger.info("evaluation took %.1f s; results in %s", time.perf_counter() - start, save_dir)
 
 
 def case_writer(args: argparse.Namespace, predictor: Predictor, save_dir: Path):
