@@ -216,8 +216,8 @@ def run(args: argparse.Namespace) -> None:
                 segment_scan(predictor, path, save_dir, args.save_png)
             return
 
-    if info.kind == IMAGES and find_images(volume_path):
-        images = find_images(volume_path)
+    images = find_images(volume_path) if info.kind == IMAGES else []
+    if images:
         logger.info("segmenting %d unlabeled image(s) of %s; no masks, so no metrics", len(images), volume_path)
         for path in tqdm(images, desc="images", leave=False):
             segment_image(predictor, path, save_dir)

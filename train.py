@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from datasets.augment import AUGMENTATIONS
 from datasets.catalog import DATASETS, IMAGES, class_names, dataset_info
-from datasets.common import DataError
+from datasets.common import IMAGE_MEAN, IMAGE_STD, DataError
 from datasets.isic import SkinCases, SkinImages
 from datasets.lists import read_list
 from datasets.synapse import (
@@ -625,16 +625,12 @@ def train_one_epoch(
         micro_batches = []
         state.iteration += 1
         state.batches_done = index + 1
-        running = (
-            losses
-            if running is None
-            else StepLosses(running.loss + losses.loss, running.ce + losses.ce, running.dice + losses.dice)
-        )
+        running = losses if running is None else running + losses
         steps += 1
         done = state.iteration >= max_iterations
         stopping = not done and stop.requested(device)
         if steps == LOG_EVERY or done or stopping:
-            mean = StepLosses(running.loss / steps, running.ce / steps, running.dice / steps)
+            mean = running / steps
             _log_losses(state, mean, writer, bar, output_dir)
             running, steps = None, 0
         if stopping:
@@ -642,7 +638,7 @@ def train_one_epoch(
         if done:
             break
     if steps:
-        mean = StepLosses(running.loss / steps, running.ce / steps, running.dice / steps)
+        mean = running / steps
         _log_losses(state, mean, writer, bar, output_dir)
     return mean, last_batch, True
 
@@ -917,7 +913,7 @@ def epochs(
             with torch.no_grad():
                 logits = network.eval()(batch["images"][:1])  # eval: a picture must not move BatchNorm statistics
             network.train()
-            example = batch["image"][0].float().mean(0).numpy() * 0.5 + 0.5
+            example = batch["image"][0].float().mean(0).numpy() * IMAGE_STD + IMAGE_MEAN  # back to [0, 1]
             writer.add_image(
                 "train/image_truth_prediction",
                 panel(example, logits[0].argmax(0).cpu().numpy(), batch["label"][0].numpy(), config.num_classes),

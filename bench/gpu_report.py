@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,41 +47,40 @@ EVAL_TIME = re.compile(r"test evaluation took ([\d.]+) s")
 PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
 
 
-def sizes(small: bool) -> dict:
-    """What is measured: the published sizes, or a configuration a CPU runs in about a minute."""
-    if small:
-        return dict(
-            module="networks.UNet.UNet",
-            model_kwargs={"base_channels": 4, "depth": 2},
-            img_size=32,
-            batch=4,
-            slice_size=64,
-            train_cases=2,
-            test_cases=2,
-            min_slices=6,
-            max_slices=8,
-            variants=("fp32",),
-            amp="off",
-            compile=False,
-            iterations=12,
-            workers=0,
-        )
-    return dict(
-        module=DAEFORMER,
-        model_kwargs={},
-        img_size=224,
-        batch=24,
-        slice_size=512,
-        train_cases=4,
-        test_cases=12,
-        min_slices=85,
-        max_slices=198,
-        variants=("fp32", "bf16", "bf16+compile"),
-        amp="bf16",
-        compile=True,
-        iterations=300,
-        workers=12,
-    )
+@dataclass(frozen=True)
+class Plan:
+    """What the report measures."""
+
+    module: str
+    model_kwargs: dict
+    img_size: int
+    batch: int
+    slice_size: int  # the phantom's slices, as stored
+    train_cases: int
+    test_cases: int
+    min_slices: int
+    max_slices: int
+    variants: tuple[str, ...]  # of bench.train_speed's step
+    amp: str  # of the train.py loop and test.py
+    compile: bool
+    iterations: int
+    workers: int
+
+    @property
+    def loop_variant(self) -> str:
+        """The train.py loop's precision and compilation, named as bench.train_speed's variants."""
+        return ("fp32" if self.amp == "off" else self.amp) + ("+compile" if self.compile else "")
+
+
+# The published sizes, on one GPU.
+FULL = Plan(DAEFORMER, {}, 224, 24, 512, 4, 12, 85, 198, ("fp32", "bf16", "bf16+compile"), "bf16", True, 300, 12)
+# A tiny U-Net on small slices: every stage in about a minute on a CPU (the test suite's run).
+SMALL = Plan("networks.UNet.UNet", {"base_channels": 4, "depth": 2}, 32, 4, 64, 2, 2, 6, 8, ("fp32",), "off", False, 12, 0)
+
+
+def flags(**values: object) -> list[str]:
+    """``--name value`` pairs for a script's command line."""
+    return [item for name, value in values.items() for item in (f"--{name}", str(value))]
 
 
 def run_script(script: str, argv: list[str]) -> float:
@@ -93,14 +93,14 @@ def run_script(script: str, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def step_times(plan: dict, device: torch.device, threads: int) -> list[dict]:
+def step_times(plan: Plan, device: torch.device, threads: int) -> list[dict]:
     rows = []
-    for variant in plan["variants"]:
+    for variant in plan.variants:
         kwargs = dict(
-            module=plan["module"],
-            kwargs={"num_classes": 9, **plan["model_kwargs"]},
-            batch=plan["batch"],
-            img_size=plan["img_size"],
+            module=plan.module,
+            kwargs={"num_classes": 9, **plan.model_kwargs},
+            batch=plan.batch,
+            img_size=plan.img_size,
             variant=variant,
         )
         measured = run_in_fresh_process(measure_step, make_train_step, kwargs, str(device), threads, 3, 10)
@@ -115,44 +115,27 @@ def step_times(plan: dict, device: torch.device, threads: int) -> list[dict]:
     return rows
 
 
-def train_loop(plan: dict, data: dict, run: Path, device: torch.device, per_epoch: int) -> dict:
-    """train.py for ``plan['iterations']`` iterations, evaluating the test volumes once at the end."""
-    epochs = -(-plan["iterations"] // per_epoch)
-    argv = [
-        "--root_path",
-        str(data["train_dir"]),
-        "--test_path",
-        str(data["test_dir"]),
-        "--list_dir",
-        str(data["train_list"].parent),
-        "--output_dir",
-        str(run),
-        "--module",
-        plan["module"],
-        "--model_kwargs",
-        json.dumps(plan["model_kwargs"]),
-        "--img_size",
-        str(plan["img_size"]),
-        "--batch_size",
-        str(plan["batch"]),
-        "--max_iterations",
-        str(plan["iterations"]),
-        "--max_epochs",
-        str(epochs),
-        "--eval_interval",
-        str(epochs),
-        "--num_workers",
-        str(plan["workers"]),
-        "--device",
-        device.type,
-        "--amp",
-        plan["amp"],
-        "--lr_batch_rule",
-        "off",
-    ]
-    if plan["compile"]:
-        argv.append("--compile")
-    wall = run_script("train.py", argv)
+def train_loop(plan: Plan, data: dict, run: Path, device: torch.device) -> dict:
+    """train.py for ``plan.iterations`` iterations, evaluating the test volumes once at the end
+    (train.py always evaluates after its last epoch)."""
+    per_epoch = -(-data["num_train_slices"] // plan.batch)  # the loader keeps the last, smaller batch
+    argv = flags(
+        root_path=data["train_dir"],
+        test_path=data["test_dir"],
+        list_dir=data["train_list"].parent,
+        output_dir=run,
+        module=plan.module,
+        model_kwargs=json.dumps(plan.model_kwargs),
+        img_size=plan.img_size,
+        batch_size=plan.batch,
+        max_iterations=plan.iterations,
+        max_epochs=-(-plan.iterations // per_epoch),
+        num_workers=plan.workers,
+        device=device.type,
+        amp=plan.amp,
+        lr_batch_rule="off",
+    )
+    wall = run_script("train.py", argv + (["--compile"] if plan.compile else []))
     log = (run / "log.txt").read_text()
     paces = [float(p) for e, p in PACE.findall(log) if int(e) > 0] or [float(p) for _, p in PACE.findall(log)]
     return {
@@ -163,21 +146,12 @@ def train_loop(plan: dict, data: dict, run: Path, device: torch.device, per_epoc
     }
 
 
-def test_script(plan: dict, data: dict, run: Path) -> float:
+def time_test_py(plan: Plan, data: dict, run: Path) -> float:
     return run_script(
         "test.py",
-        [
-            "--output_dir",
-            str(run),
-            "--volume_path",
-            str(data["out_dir"]),
-            "--list_dir",
-            str(data["train_list"].parent),
-            "--amp",
-            plan["amp"],
-            "--ckpt",
-            str(run / "last.pth"),
-        ],
+        flags(
+            output_dir=run, volume_path=data["out_dir"], list_dir=data["train_list"].parent, amp=plan.amp, ckpt=run / "last.pth"
+        ),
     )
 
 
@@ -197,61 +171,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench.gpu_report: error: no CUDA GPU is visible; use --device cpu --small for a smoke run", file=sys.stderr)
         return 2
-    plan = sizes(args.small)
+    plan = SMALL if args.small else FULL
     if args.iterations:
-        plan["iterations"] = args.iterations
+        plan = replace(plan, iterations=args.iterations)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
         data = generate_dataset(
             work / "phantom",
             seed=5,
-            size=plan["slice_size"],
-            train_cases=plan["train_cases"],
-            test_cases=plan["test_cases"],
-            min_slices=plan["min_slices"],
-            max_slices=plan["max_slices"],
+            size=plan.slice_size,
+            train_cases=plan.train_cases,
+            test_cases=plan.test_cases,
+            min_slices=plan.min_slices,
+            max_slices=plan.max_slices,
             overwrite=True,
         )
-        per_epoch = data["num_train_slices"] // plan["batch"]
         steps = step_times(plan, device, args.threads)
-        loop = train_loop(plan, data, work / "run", device, per_epoch)
-        test_s = test_script(plan, data, work / "run")
-    compiled = next((s for s in steps if s["variant"] == ("bf16+compile" if plan["compile"] else plan["variants"][0])), steps[0])
+        loop = train_loop(plan, data, work / "run", device)
+        test_s = time_test_py(plan, data, work / "run")
+    # The step variant the train.py loop ran, to compare the loop with.
+    same = next((s for s in steps if s["variant"] == plan.loop_variant), steps[0])
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
     rows = [
         [
             f"train_step, {s['variant']}",
             f"{s['s_per_step']:.4f} s/step",
-            f"{plan['batch'] / s['s_per_step']:.0f} slices/s",
+            f"{plan.batch / s['s_per_step']:.0f} slices/s",
             f"{s['peak_gib']:.1f} GiB ({s['memory_kind']})",
         ]
         for s in steps
     ]
-    rows.append(
+    rows += [
         [
-            f"train.py loop, {plan['amp']}{' + compile' if plan['compile'] else ''}, {plan['slice_size']}px slices",
+            f"train.py loop, {plan.loop_variant}, {plan.slice_size}px slices",
             f"{loop['s_per_iteration']:.4f} s/iteration",
-            f"{loop['s_per_iteration'] / compiled['s_per_step']:.2f}x the step",
+            f"{loop['s_per_iteration'] / same['s_per_step']:.2f}x the step",
             "" if loop["peak_gib"] is None else f"{loop['peak_gib']:.1f} GiB",
-        ]
-    )
-    rows.append(
+        ],
         [
             "published recipe, projected",
             f"{PUBLISHED_ITERATIONS * loop['s_per_iteration'] / 60:.1f} min",
             f"{PUBLISHED_ITERATIONS:,} iterations",
             "",
-        ]
-    )
-    rows.append([f"test.py, {plan['test_cases']} volumes of {data['num_test_slices']} slices", f"{test_s:.1f} s", "", ""])
-    rows.append([f"train.py's evaluation of the same {plan['test_cases']} volumes", f"{loop['eval_s']:.1f} s", "", ""])
-    print(f"{plan['module']} at {plan['img_size']}, batch {plan['batch']}, on {where}, torch {torch.__version__}")
+        ],
+        [f"test.py, {plan.test_cases} volumes of {data['num_test_slices']} slices", f"{test_s:.1f} s", "", ""],
+        [f"train.py's evaluation of the same {plan.test_cases} volumes", f"{loop['eval_s']:.1f} s", "", ""],
+    ]
+    print(f"{plan.module} at {plan.img_size}, batch {plan.batch}, on {where}, torch {torch.__version__}")
     print(markdown_table(["what", "time", "rate / ratio", "peak memory"], rows))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"device": where, "plan": plan, "steps": steps, "loop": loop, "test_s": test_s}, indent=2) + "\n"
-        )
+        report = {"device": where, "plan": asdict(plan), "steps": steps, "loop": loop, "test_s": test_s}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -42,7 +42,7 @@ from datasets.lists import (
     parse_slice_name,
     read_list,
 )
-from datasets.synapse import SynapseVolumes, _load_npz, check_arrays
+from datasets.synapse import SynapseVolumes, check_arrays, load_slice
 
 # Stored intensities must lie in [0, 1]; a little slack for float rounding of the min-max scaling.
 RANGE_SLACK = 1e-3
@@ -176,6 +176,15 @@ def _array_checks(
     ranges.ids_by_case[case] |= _check_label_ids(report, path, label, num_classes)
 
 
+def _report_missing(report: Report, path: Path, list_file: Path) -> None:
+    report.add(
+        "missing file",
+        path,
+        f"listed in {list_file.name} but missing",
+        "re-download or re-convert the case, or regenerate the list",
+    )
+
+
 def _list(report: Report, list_file: Path) -> list[str]:
     try:
         return read_list(list_file)
@@ -205,15 +214,10 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
         listed[case].append(index)
         path = train_dir / f"{name}.npz"
         if not path.is_file():
-            report.add(
-                "missing file",
-                path,
-                f"listed in {list_file.name} but missing",
-                "re-download or re-convert the case, or regenerate the list",
-            )
+            _report_missing(report, path, list_file)
             continue
         try:
-            image, label = _load_npz(path)
+            image, label = load_slice(path)
         except DataError as error:
             report.add("unreadable file", path, str(error), "")
             continue
@@ -270,12 +274,7 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
     for index, name in enumerate(volumes.names):
         path = test_dir / f"{name}{VOLUME_SUFFIX}"
         if not path.is_file():
-            report.add(
-                "missing file",
-                path,
-                f"listed in {list_file.name} but missing",
-                "re-download or re-convert the case, or regenerate the list",
-            )
+            _report_missing(report, path, list_file)
             continue
         try:
             item = volumes[index]

@@ -185,7 +185,7 @@ def _read_npz(path: Path, keys: Sequence[str]) -> tuple[list[str], dict[str, np.
     return found, arrays
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_slice(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Image and label arrays of a slice file; DataError for an unreadable file or missing key."""
     found, arrays = _read_npz(path, (IMAGE_KEY, LABEL_KEY))
     _require_keys(path, found)
@@ -321,7 +321,7 @@ class SynapseSlices(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         name = self.names[index]
         path = self._path(name)
-        image, label = _load_npz(path)
+        image, label = load_slice(path)
         if self.check:
             check_arrays(path, image, label, ndim=2, num_classes=self.num_classes)
         image = image.astype(np.float32, copy=False)
@@ -512,7 +512,7 @@ def slices_to_volumes(
             path = base_dir / (name + SLICE_SUFFIX)
             if not path.is_file():
                 raise DataError(f"{path} does not exist; check the data folder")
-            image, label = _load_npz(path)
+            image, label = load_slice(path)
             check_arrays(path, image, label, ndim=2, num_classes=num_classes)
             if images and image.shape != images[0].shape:
                 raise DataError(

@@ -38,24 +38,12 @@ def load_test_script():
 
 
 def tiny_train_args(data: dict, output_dir: Path, *extra: str) -> list[str]:
+    """``train.py`` and its arguments for the tiny U-Net on a phantom, evaluating every epoch."""
     return [
         "train.py",
-        "--root_path",
-        str(data["train_dir"]),
-        "--test_path",
-        str(data["test_dir"]),
-        "--list_dir",
-        str(data["train_list"].parent),
-        "--output_dir",
-        str(output_dir),
-        "--img_size",
-        str(TINY_SIZE),
-        "--batch_size",
-        "4",
-        "--num_workers",
-        "0",
-        "--eval_interval",
-        "1",
+        *("--root_path", str(data["train_dir"]), "--test_path", str(data["test_dir"])),
+        *("--list_dir", str(data["train_list"].parent), "--output_dir", str(output_dir)),
+        *("--img_size", str(TINY_SIZE), "--batch_size", "4", "--num_workers", "0", "--eval_interval", "1"),
         *TINY_UNET,
         *extra,
     ]

@@ -66,6 +66,12 @@ class StepLosses:
     ce: torch.Tensor
     dice: torch.Tensor
 
+    def __add__(self, other: StepLosses) -> StepLosses:
+        return StepLosses(self.loss + other.loss, self.ce + other.ce, self.dice + other.dice)
+
+    def __truediv__(self, count: float) -> StepLosses:
+        return StepLosses(self.loss / count, self.ce / count, self.dice / count)
+
 
 def train_step(
     model: nn.Module,
