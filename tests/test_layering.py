@@ -81,3 +81,17 @@ def test_importing_one_utils_module_stays_light():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_scripts_import_without_simpleitk_or_medpy():
+    # GPU images carry torch but not every pin: .npz / .h5 training and evaluation must not need them.
+    code = (
+        "import importlib.util, sys\n"
+        "for name in ('train', 'test'):\n"
+        "    spec = importlib.util.spec_from_file_location(name + '_script', name + '.py')\n"
+        "    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)\n"
+        "    spec.loader.exec_module(module)\n"
+        "print(sorted(m for m in ('SimpleITK', 'medpy') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
