@@ -45,7 +45,7 @@ from datasets.synapse import (
     slices_to_volumes,
     split_cases,
 )
-from utils import UserError, build_network, load_network_class, network_arguments
+from utils import UserError, build_network, load_network_class, network_arguments, to_device
 from utils.checkpoint import (
     BEST,
     FORMAT,
@@ -753,7 +753,7 @@ def run_training(
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
 
-    model = build_network(config.module, config.model_kwargs).to(device)
+    model = to_device(build_network(config.module, config.model_kwargs), device)
     if config.use_checkpoint:
         model.set_grad_checkpointing(True)
     logger.info(

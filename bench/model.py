@@ -48,7 +48,7 @@ from bench.common import (  # noqa: E402
     run_in_fresh_process,
 )
 from networks.blocks import MixFFN  # noqa: E402
-from utils import UserError, build_network, load_network_class, network_arguments  # noqa: E402
+from utils import UserError, build_network, load_network_class, network_arguments, to_device  # noqa: E402
 from utils.inference import AMP_DTYPES, autocast, select_device  # noqa: E402
 from utils.loader import parse_model_kwargs  # noqa: E402
 
@@ -202,7 +202,7 @@ def make_network_step(
     the gradients then released (``mode="forward_backward"``, train mode)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    model = build_network(module, kwargs).to(device)
+    model = to_device(build_network(module, kwargs), device)
     images = torch.randn(batch, 1, img_size, img_size, device=device)
     if mode == FORWARD:
         model.eval()

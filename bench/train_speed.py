@@ -25,7 +25,7 @@ from bench.common import (
     measure_step,
     run_in_fresh_process,
 )
-from utils import build_network, load_network_class, network_arguments
+from utils import build_network, load_network_class, network_arguments, to_device
 from utils.inference import select_device
 from utils.loader import parse_model_kwargs
 from utils.losses import CEDiceLoss
@@ -45,7 +45,7 @@ def make_train_step(
     amp, *options = variant.split("+")
     amp = "off" if amp == "fp32" else amp
     compiled = "compile" in options
-    model = build_network(module, kwargs).to(device).train()
+    model = to_device(build_network(module, kwargs), device).train()
     if "ckpt" in options:
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, lr=0.01)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import textwrap
 
 import pytest
+import torch
 from torch import nn
 
 from networks.DAEFormer import DAEFormer
@@ -15,6 +17,7 @@ from utils import (
     build_network,
     load_network_class,
     network_arguments,
+    to_device,
 )
 
 PLUGIN = textwrap.dedent(
@@ -101,3 +104,40 @@ def test_img_size_and_in_chans_are_passed_only_where_the_constructor_names_them(
         "in_chans": 1,
     }
     assert network_arguments(UNet, num_classes=2, img_size=None, base_channels=8) == {"num_classes": 2, "base_channels": 8}
+
+
+class FlattensAcrossChannels(nn.Module):
+    """A network that .view()s a convolution's output across channels and space: it fails in
+    channels_last, so it does not opt in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y.view(len(y), -1).view_as(y)
+
+
+def test_to_device_puts_an_opted_in_network_in_channels_last_on_a_cpu_with_the_same_labels():
+    torch.manual_seed(0)
+    reference = UNet(num_classes=9, img_size=32, base_channels=4, depth=2).eval()
+    placed = to_device(copy.deepcopy(reference), "cpu")
+    # (a 1x1 kernel or a 1-channel input is stored alike in both layouts)
+    convs = [m.weight for m in placed.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1 and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    x = torch.rand(3, 1, 32, 32)
+    with torch.inference_mode():
+        expected, got = reference(x), placed(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_to_device_leaves_a_network_that_does_not_opt_in_as_it_is():
+    model = to_device(FlattensAcrossChannels(), "cpu")
+    assert model.conv.weight.is_contiguous()
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 4, 8, 8)
+    # what opting in would have done to it
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        model.to(memory_format=torch.channels_last)(torch.rand(2, 1, 8, 8))

@@ -23,6 +23,7 @@ _MODULE_OF = {
     "build_network": "loader",
     "load_network_class": "loader",
     "network_arguments": "loader",
+    "to_device": "loader",
     "CEDiceLoss": "losses",
     "dice_loss": "losses",
     "CONVENTIONS": "metrics",

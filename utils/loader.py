@@ -13,6 +13,7 @@ import json
 import pkgutil
 from typing import Any
 
+import torch
 from torch import nn
 
 from utils.errors import UserError
@@ -108,3 +109,19 @@ def build_network(path: str, kwargs: dict[str, Any]) -> nn.Module:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ModuleLoadError(f"--module {path}: the constructor rejected arguments {kwargs}: {error}") from None
+
+
+def to_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move a network to ``device``: the one way train.py, test.py and the benchmarks place one.
+
+    On a CPU, a network whose class sets ``channels_last = True`` gets its 4D weights in
+    ``torch.channels_last``, the layout the CPU convolution kernels are fastest in (README,
+    "Performance": the U-Net opts in, DAE-Former gains too little to). The layout changes no
+    result beyond float rounding; it is opt-in because a network that ``.view``s a convolution's
+    output across its channel and spatial axes fails in it. On a GPU the layout is left alone:
+    it has not been measured there.
+    """
+    device = torch.device(device)
+    if device.type == "cpu" and getattr(model, "channels_last", False):
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)

@@ -26,7 +26,7 @@ from utils.checkpoint import is_self_describing, load_checkpoint, model_from_pay
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, Evaluator, build_evaluator
 from utils.inference import default_batch_size, select_device
-from utils.loader import load_network_class, network_arguments
+from utils.loader import load_network_class, network_arguments, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Predictor:
             raise UserError(f"--num_classes {num_classes} disagrees with {path}, which predicts {predicted} classes")
         run_device = select_device(device)
         return cls(
-            model=model.eval().to(run_device),
+            model=to_device(model.eval(), run_device),
             checkpoint=path,
             model_kwargs=kwargs,
             train_args=train_args,
