@@ -2,6 +2,8 @@
 
     python -m bench.train_speed                                   # DAE-Former, 224x224, batch 8, CPU: fp32 and bf16
     python -m bench.train_speed --device cuda --batch_size 24 --variants fp32 bf16 bf16+compile
+    python -m bench.train_speed --module networks.UNet.UNet --model_kwargs '{"base_channels": 8}' \
+        --img_size 128 --variants fp32+nchw fp32                 # the demo's U-Net: what channels_last gives
 
 One step is ``utils.training.train_step``, the function train.py calls each iteration: forward
 (under autocast for an AMP variant), 0.4 * CE + 0.6 * Dice on random labels, backward (through
@@ -31,9 +33,20 @@ from utils.loader import parse_model_kwargs
 from utils.losses import CEDiceLoss
 from utils.training import build_optimizer, build_scheduler, train_step
 
-# precision, then optional "+compile" (torch.compile) and "+ckpt" (activation checkpointing,
-# train.py's --use-checkpoint)
-VARIANTS = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile", "fp32+ckpt", "bf16+ckpt", "bf16+compile+ckpt")
+# precision, then optional "+compile" (torch.compile), "+ckpt" (activation checkpointing,
+# train.py's --use-checkpoint) and "+nchw" (the network placed with a plain .to(device), without
+# the channels_last layout utils.loader.to_device gives an opted-in network on a CPU)
+VARIANTS = (
+    "fp32",
+    "bf16",
+    "fp16",
+    "fp32+compile",
+    "bf16+compile",
+    "fp32+ckpt",
+    "bf16+ckpt",
+    "bf16+compile+ckpt",
+    "fp32+nchw",
+)
 NUM_CLASSES = 9
 
 
@@ -45,7 +58,8 @@ def make_train_step(
     amp, *options = variant.split("+")
     amp = "off" if amp == "fp32" else amp
     compiled = "compile" in options
-    model = to_device(build_network(module, kwargs), device).train()
+    model = build_network(module, kwargs)
+    model = (model.to(device) if "nchw" in options else to_device(model, device)).train()
     if "ckpt" in options:
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, lr=0.01)
