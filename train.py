@@ -480,7 +480,7 @@ class TrainState:
     checkpoint holds.
 
     ``epoch`` is the epoch under way; ``batches_done`` the loader batches of it already used;
-    ``epoch_rng`` the random streams as they were when the epoch began (shuffling and
+    ``epoch_rng`` this process's random streams as they were when the epoch began (shuffling and
     augmentation are drawn from them), so an interrupted epoch resumes on the very same batches.
     """
 
@@ -495,9 +495,21 @@ class TrainState:
     batches_done: int = 0
     epoch_rng: dict[str, Any] | None = None
 
-    def payload(self, config: RunConfig, finished_epoch: bool = True) -> dict[str, Any]:
+    def streams(self, finished_epoch: bool = True) -> list[dict[str, Any]] | None:
+        """Every process's random streams -- now, or as the epoch began when it is unfinished --
+        on the main process (None on the others). Under torchrun a collective: every process
+        calls it at the same point."""
+        own = rng_state() if finished_epoch else self.epoch_rng
+        if not dist.is_initialized():
+            return [own]
+        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(own, gathered, dst=0)
+        return gathered
+
+    def payload(self, config: RunConfig, streams: list[dict[str, Any]], finished_epoch: bool = True) -> dict[str, Any]:
         """The self-describing checkpoint: after epoch ``self.epoch``, or -- ``finished_epoch``
-        False -- inside it, after ``batches_done`` batches."""
+        False -- inside it, after ``batches_done`` batches. ``streams`` come from
+        :meth:`streams`: ``rng`` holds the main process's, ``rank_rng`` every process's."""
         payload = {
             "format": FORMAT,
             "run_id": self.run_id,
@@ -511,8 +523,10 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state() if finished_epoch else self.epoch_rng,
+            "rng": streams[0],
         }
+        if len(streams) > 1:
+            payload["rank_rng"] = streams
         if not finished_epoch:
             payload["within_epoch"] = {"epoch": self.epoch, "batches_done": self.batches_done}
         return payload
@@ -529,7 +543,7 @@ def changed_settings(payload: dict[str, Any], config: RunConfig) -> list[str]:
     return [f"{name} {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING if name in saved and saved[name] != now[name]]
 
 
-def resume(state: TrainState, path: Path, config: RunConfig, rank: int, max_iterations: int) -> None:
+def resume(state: TrainState, path: Path, config: RunConfig, rank: int, world_size: int, max_iterations: int) -> None:
     """Continue from ``path``: weights, optimiser, schedule, scaler, counters, random streams and
     the position inside an interrupted epoch. Refuses a changed run (unless told to accept it);
     a new length re-plans the poly schedule as if the run had been planned so from the start."""
@@ -556,10 +570,20 @@ def resume(state: TrainState, path: Path, config: RunConfig, rank: int, max_iter
     state.run_id = payload.get("run_id") or state.run_id
     within = payload.get("within_epoch")
     state.epoch, state.batches_done = (within["epoch"], within["batches_done"]) if within else (payload["epoch"] + 1, 0)
-    restore_rng_state(payload["rng"])
-    state.epoch_rng = payload["rng"] if within else None
-    if rank > 0:  # the checkpoint holds rank 0's streams; the others draw their own
-        torch.manual_seed(config.seed + rank + 1000 * state.epoch)
+    streams = payload.get("rank_rng") or [payload["rng"]]
+    own = streams[rank] if len(streams) == world_size else streams[0]
+    restore_rng_state(own)
+    state.epoch_rng = own if within else None
+    if len(streams) != world_size:
+        if rank > 0:  # rank 0's streams were restored everywhere: the others draw their own
+            torch.manual_seed(config.seed + rank + 1000 * state.epoch)
+        logger.info(
+            "%s holds the random streams of %d process(es) and this run has %d: process 0 continues its "
+            "streams, the others draw fresh ones (the run goes on, but not draw for draw as it would have)",
+            path,
+            len(streams),
+            world_size,
+        )
     if state.scheduler.total_iters != max_iterations:
         state.scheduler.total_iters = max_iterations
         for group in state.optimizer.param_groups:
@@ -604,7 +628,8 @@ def train_one_epoch(
 
     Losses stay on the device; every ``LOG_EVERY`` steps (and at the end) their mean since the
     last read is checked for finiteness and logged, so the GPU is not waited on every step.
-    A stop signal ends the epoch at the next step boundary.
+    A stop signal ends the epoch at the next step boundary -- under torchrun at the next
+    ``LOG_EVERY`` boundary, since asking every process is a collective that waits for the GPU.
 
     Returns:
         The last mean losses (None if no step ran), the last batch with its images on the device
@@ -628,8 +653,9 @@ def train_one_epoch(
         running = losses if running is None else running + losses
         steps += 1
         done = state.iteration >= max_iterations
-        stopping = not done and stop.requested(device)
-        if steps == LOG_EVERY or done or stopping:
+        read_losses = steps == LOG_EVERY or done
+        stopping = not done and (read_losses or not dist.is_initialized()) and stop.requested(device)
+        if read_losses or stopping:
             mean = running / steps
             _log_losses(state, mean, writer, bar, output_dir)
             running, steps = None, 0
@@ -816,7 +842,7 @@ def run_training(
         run_id=new_run_id(),
     )
     if checkpoint is not None:
-        resume(state, checkpoint, config, rank, max_iterations)
+        resume(state, checkpoint, config, rank, world_size, max_iterations)
     if main_process:
         (output_dir / "args.json").write_text(json.dumps({"run_id": state.run_id, **config.to_json()}, indent=2) + "\n")
     logger.info("run %s", state.run_id)
@@ -884,8 +910,9 @@ def epochs(
         losses, batch, finished = train_one_epoch(state, loader, criterion, config, device, max_iterations, writer, stop)
         pace = (time.perf_counter() - start) / max(1, state.iteration - first)
         if not finished:
+            streams = state.streams(finished_epoch=False)
             if main_process:
-                save_checkpoint(output_dir / LAST, state.payload(config, finished_epoch=False))
+                save_checkpoint(output_dir / LAST, state.payload(config, streams, finished_epoch=False))
             logger.warning(
                 "stopped by %s inside epoch %d after iteration %d; %s holds the position: rerun the same "
                 "command with --resume auto (or --resume %s) to continue",
@@ -920,7 +947,8 @@ def epochs(
                 state.iteration,
             )
         # last.pth first: an evaluation cut short (a kill, a crash) does not lose the epoch.
-        payload = state.payload(config) if main_process else None
+        streams = state.streams()
+        payload = state.payload(config, streams) if main_process else None
         if main_process:
             save_checkpoint(output_dir / LAST, payload)
         if evaluation_due(epoch, config, last_epoch, eval_kind):

@@ -121,6 +121,37 @@ def test_sigterm_mid_epoch_then_the_same_command_ends_with_the_uninterrupted_wei
     assert_same_weights(stopped / "last.pth", straight / "last.pth")
 
 
+def test_under_torchrun_sigterm_stops_every_process_where_they_read_the_losses_and_resume_is_exact(phantom, tmp_path):
+    # Epochs here are shorter than LOG_EVERY steps, so the processes first agree on stopping at
+    # the end of the epoch the signal came in, not after the step (asking at every step would
+    # make every step wait for the GPU).
+    def command(folder, once_file, epochs=2):
+        kwargs = json.dumps({"base_channels": 4, "depth": 2, "signal_at": 2, "once_file": str(once_file)})
+        args = tiny_train_args(phantom, folder, "--max_epochs", str(epochs), "--resume", "auto", "--device", "cpu")
+        at = args.index("--model_kwargs")
+        args[at - 1 : at + 2] = [SIGNAL_NET, "--model_kwargs", kwargs]
+        return args
+
+    def torchrun(args, port):
+        return run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args, timeout=300)
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    (tmp_path / "never").touch()
+    assert train_script.LOG_EVERY > -(-phantom["num_train_slices"] // 8)
+    assert torchrun(command(straight, tmp_path / "never"), 29536).returncode == 0
+    first = torchrun(command(stopped, tmp_path / "once"), 29537)
+    assert first.returncode != 0 and (tmp_path / "once").exists()
+    payload = load_checkpoint(stopped / "last.pth")
+    assert payload["epoch"] == 0 and payload.get("within_epoch") is None
+    assert "stopped by SIGTERM after epoch 0" in (stopped / "log.txt").read_text()
+    second = torchrun(command(stopped, tmp_path / "once"), 29538)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert_same_weights(stopped / "last.pth", straight / "last.pth")
+    # one process continuing a two-process run: process 0's streams go on, and the log says so
+    assert train_script.main(command(straight, tmp_path / "never", epochs=3)[1:]) == 0
+    assert "holds the random streams of 2 process(es) and this run has 1" in (straight / "log.txt").read_text()
+
+
 def test_a_longer_run_continues_the_poly_schedule_instead_of_lr_0(phantom, trained_run, tmp_path):
     shutil.copytree(trained_run, tmp_path / "run")
     run = tmp_path / "run"

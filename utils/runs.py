@@ -162,12 +162,14 @@ class StopSignal:
             signal.signal(signum, handler)
 
     def requested(self, device: torch.device) -> bool:
-        """Whether any process received a stop signal (one small all-reduce under torchrun)."""
+        """Whether any process received a stop signal (one small all-reduce under torchrun, after
+        which a process that received none names the signal another one received)."""
         if not dist.is_initialized():
             return self.received is not None
-        flag = torch.tensor([0.0 if self.received is None else 1.0], device=device)
-        dist.all_reduce(flag)
-        return bool(flag.item())
+        flag = torch.tensor([self.received or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.received = self.received or int(flag.item()) or None
+        return self.received is not None
 
     @property
     def name(self) -> str:
