@@ -29,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -45,6 +46,7 @@ DAEFORMER = "networks.DAEFormer.DAEFormer"
 PACE = re.compile(r"epoch (\d+): iteration \d+, .*, ([\d.]+) s/iteration")
 EVAL_TIME = re.compile(r"test evaluation took ([\d.]+) s")
 PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,26 +95,39 @@ def run_script(script: str, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def step_times(plan: Plan, device: torch.device, threads: int) -> list[dict]:
-    rows = []
-    for variant in plan.variants:
-        kwargs = dict(
-            module=plan.module,
-            kwargs={"num_classes": 9, **plan.model_kwargs},
-            batch=plan.batch,
-            img_size=plan.img_size,
-            variant=variant,
-        )
-        measured = run_in_fresh_process(measure_step, make_train_step, kwargs, str(device), threads, 3, 10)
-        rows.append(
-            {
-                "variant": variant,
-                "s_per_step": measured.median_s,
-                "peak_gib": measured.peak_bytes / 2**30,
-                "memory_kind": measured.memory_kind,
-            }
-        )
-    return rows
+def progress(message: str) -> None:
+    """A line on stderr as each measurement ends: a run cut short still shows what it measured."""
+    print(f"bench.gpu_report: {message}", file=sys.stderr, flush=True)
+
+
+def attempt(name: str, measure: Callable[[], T], failures: dict[str, str]) -> T | None:
+    """``measure()``, or None with its error kept in ``failures``: one stage that fails on some
+    GPU (a compiler error, say) must not cost the numbers of the others."""
+    try:
+        value = measure()
+    except Exception as error:  # any failure of a stage is reported, not raised
+        failures[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        progress(f"{name} failed: {failures[name]}")
+        return None
+    progress(f"{name}: {value}")
+    return value
+
+
+def step_time(plan: Plan, variant: str, device: torch.device, threads: int) -> dict:
+    kwargs = dict(
+        module=plan.module,
+        kwargs={"num_classes": 9, **plan.model_kwargs},
+        batch=plan.batch,
+        img_size=plan.img_size,
+        variant=variant,
+    )
+    measured = run_in_fresh_process(measure_step, make_train_step, kwargs, str(device), threads, 3, 10)
+    return {
+        "variant": variant,
+        "s_per_step": measured.median_s,
+        "peak_gib": measured.peak_bytes / 2**30,
+        "memory_kind": measured.memory_kind,
+    }
 
 
 def train_loop(plan: Plan, data: dict, run: Path, device: torch.device) -> dict:
@@ -166,6 +181,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_rows(
+    plan: Plan, test_slices: int, steps: list[dict], loop: dict | None, test_s: float | None, failures: dict[str, str]
+) -> list[list[str]]:
+    """The table's rows; a stage that failed shows its error where its number would be."""
+
+    def failed(name: str) -> list[str]:
+        return [f"failed: {failures.get(name, 'an earlier stage failed')}", "", ""]
+
+    rows = [
+        [
+            f"train_step, {s['variant']}",
+            f"{s['s_per_step']:.4f} s/step",
+            f"{plan.batch / s['s_per_step']:.0f} slices/s",
+            f"{s['peak_gib']:.1f} GiB ({s['memory_kind']})",
+        ]
+        for s in steps
+    ]
+    rows += [
+        [f"train_step, {variant}", *failed(f"train_step {variant}")]
+        for variant in plan.variants
+        if f"train_step {variant}" in failures
+    ]
+    # The step variant the train.py loop ran, to compare the loop with.
+    same = next((s for s in steps if s["variant"] == plan.loop_variant), steps[0] if steps else None)
+    loop_name = f"train.py loop, {plan.loop_variant}, {plan.slice_size}px slices"
+    if loop is None:
+        rows += [[loop_name, *failed("train.py")], ["published recipe, projected", *failed("train.py")]]
+    else:
+        rows += [
+            [
+                loop_name,
+                f"{loop['s_per_iteration']:.4f} s/iteration",
+                f"{loop['s_per_iteration'] / same['s_per_step']:.2f}x the step" if same else "",
+                "" if loop["peak_gib"] is None else f"{loop['peak_gib']:.1f} GiB",
+            ],
+            [
+                "published recipe, projected",
+                f"{PUBLISHED_ITERATIONS * loop['s_per_iteration'] / 60:.1f} min",
+                f"{PUBLISHED_ITERATIONS:,} iterations",
+                "",
+            ],
+        ]
+    test_name = f"test.py, {plan.test_cases} volumes of {test_slices} slices"
+    rows.append([test_name, f"{test_s:.1f} s", "", ""] if test_s is not None else [test_name, *failed("test.py")])
+    eval_name = f"train.py's evaluation of the same {plan.test_cases} volumes"
+    rows.append([eval_name, f"{loop['eval_s']:.1f} s", "", ""] if loop is not None else [eval_name, *failed("train.py")])
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -175,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.iterations:
         plan = replace(plan, iterations=args.iterations)
     device = torch.device(args.device)
+    failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
         data = generate_dataset(
@@ -187,43 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_slices=plan.max_slices,
             overwrite=True,
         )
-        steps = step_times(plan, device, args.threads)
-        loop = train_loop(plan, data, work / "run", device)
-        test_s = time_test_py(plan, data, work / "run")
-    # The step variant the train.py loop ran, to compare the loop with.
-    same = next((s for s in steps if s["variant"] == plan.loop_variant), steps[0])
+        progress(f"phantom written: {data['num_train_slices']} training slices, {data['num_test_slices']} test slices")
+        steps = []
+        for variant in plan.variants:
+            step = attempt(f"train_step {variant}", lambda v=variant: step_time(plan, v, device, args.threads), failures)
+            steps += [step] if step else []
+        loop = attempt("train.py", lambda: train_loop(plan, data, work / "run", device), failures)
+        test_s = attempt("test.py", lambda: time_test_py(plan, data, work / "run"), failures) if loop else None
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
-    rows = [
-        [
-            f"train_step, {s['variant']}",
-            f"{s['s_per_step']:.4f} s/step",
-            f"{plan.batch / s['s_per_step']:.0f} slices/s",
-            f"{s['peak_gib']:.1f} GiB ({s['memory_kind']})",
-        ]
-        for s in steps
-    ]
-    rows += [
-        [
-            f"train.py loop, {plan.loop_variant}, {plan.slice_size}px slices",
-            f"{loop['s_per_iteration']:.4f} s/iteration",
-            f"{loop['s_per_iteration'] / same['s_per_step']:.2f}x the step",
-            "" if loop["peak_gib"] is None else f"{loop['peak_gib']:.1f} GiB",
-        ],
-        [
-            "published recipe, projected",
-            f"{PUBLISHED_ITERATIONS * loop['s_per_iteration'] / 60:.1f} min",
-            f"{PUBLISHED_ITERATIONS:,} iterations",
-            "",
-        ],
-        [f"test.py, {plan.test_cases} volumes of {data['num_test_slices']} slices", f"{test_s:.1f} s", "", ""],
-        [f"train.py's evaluation of the same {plan.test_cases} volumes", f"{loop['eval_s']:.1f} s", "", ""],
-    ]
     print(f"{plan.module} at {plan.img_size}, batch {plan.batch}, on {where}, torch {torch.__version__}")
+    rows = report_rows(plan, data["num_test_slices"], steps, loop, test_s, failures)
     print(markdown_table(["what", "time", "rate / ratio", "peak memory"], rows))
     if args.json:
-        report = {"device": where, "plan": asdict(plan), "steps": steps, "loop": loop, "test_s": test_s}
+        report = {"device": where, "plan": asdict(plan), "steps": steps, "loop": loop, "test_s": test_s, "failures": failures}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
