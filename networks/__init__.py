@@ -11,6 +11,9 @@ it lives here or in a researcher's own package on PYTHONPATH:
 - ``forward(x)`` maps a float batch (B, C, H, W) -- C = 1 for CT, slices normalised as
   (x - 0.5) / 0.5 -- to logits (B, num_classes, H, W): no softmax, same height and width.
 - A size it cannot take is a ``ValueError`` that says which sizes work.
+- Optional: a class attribute ``channels_last = True`` runs it in ``torch.channels_last`` on a
+  CPU (``utils.loader.to_device``); only for a ``forward`` that never ``.view``s a convolution's
+  output across its channel and spatial axes.
 
 In-tree networks: ``networks.DAEFormer.DAEFormer`` (the published DAE-Former) and
 ``networks.UNet.UNet`` (a classic U-Net baseline).
