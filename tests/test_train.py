@@ -91,6 +91,7 @@ def test_validation_cases_pick_best_pth(phantom, tmp_path):
 
 
 def test_torchrun_with_two_cpu_processes_ends_with_identical_weights(phantom, tmp_path):
+    # --val_cases 1: one evaluation case for two processes, so process 1 evaluates none
     result = run_script(
         "-m",
         "torch.distributed.run",
@@ -98,11 +99,11 @@ def test_torchrun_with_two_cpu_processes_ends_with_identical_weights(phantom, tm
         "2",
         "--master_port",
         "29533",
-        *tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--device", "cpu"),
+        *tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--device", "cpu", "--val_cases", "1"),
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "log.txt").read_text()
-    assert "2 process(es)" in log
+    assert "2 process(es)" in log and "validation evaluation after epoch 0 (1 case(s)" in log
     assert "weights identical on all 2 processes: yes" in log
 
 

@@ -333,7 +333,8 @@ class VolumeEvaluator(_Evaluator):
                     example = _volume_example(case, prediction)
                 if on_case is not None:
                     on_case(case, prediction)
-            case_scores = np.stack([future.result() for future in futures])
+            # (a torchrun process can get no case: more processes than cases)
+            case_scores = np.array([future.result() for future in futures]).reshape(len(futures), self.num_classes - 1, 2)
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
@@ -464,7 +465,9 @@ class ImageEvaluator(_Evaluator):
                 example = {"image": case["image"].mean(axis=2) / 255.0, "prediction": prediction, "label": case["label"]}
             if on_case is not None:
                 on_case(case, prediction)
-        return ImageResult(self.class_names, names, np.stack(counts), example)
+        return ImageResult(
+            self.class_names, names, np.array(counts, np.int64).reshape(len(counts), self.num_classes - 1, 4), example
+        )
 
 
 Evaluator = VolumeEvaluator | ImageEvaluator
