@@ -54,7 +54,6 @@ HU_LOW = -200.0
 SPACING_MM = (0.01, 100.0)
 # Raw BTCV label volumes hold 14 ids (0 background + 13 organs).
 BTCV_NUM_CLASSES = 14
-UNBOUNDED_IDS = 2**31 - 1
 SHOWN_PER_KIND = 3  # problems of one kind printed before "... and N more" (unless --all)
 
 
@@ -147,7 +146,7 @@ def _check_image_range(report: Report, path: Path, image: np.ndarray) -> None:
 def _check_label_ids(report: Report, path: Path, label: np.ndarray, num_classes: int) -> set[int]:
     """Class ids present in ``label``; flag ids >= num_classes (a raw 14-class BTCV label)."""
     ids = {int(v) for v in np.unique(label)}
-    bad = sorted(i for i in ids if i >= num_classes or i < 0)
+    bad = sorted(i for i in ids if i >= num_classes)  # (negative ids were refused by check_arrays)
     if bad:
         if max(ids) < BTCV_NUM_CLASSES and num_classes < BTCV_NUM_CLASSES:
             fix = (
@@ -264,11 +263,9 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
     names = _list(report, list_file)
     if not names:
         return
-    # The reader's own per-item checks (structure, finite whole-number labels, spacing) but not its
-    # all-or-nothing check at construction, and no upper bound on ids: the doctor checks ids itself
-    # to say what a too-large id means.
-    volumes = SynapseVolumes(test_dir, list_file, UNBOUNDED_IDS, check=False)
-    volumes.check = True
+    # The reader without its checks (all-or-nothing at construction, per item on reading):
+    # _array_checks runs the same structural check on each volume and reports what it finds.
+    volumes = SynapseVolumes(test_dir, list_file, num_classes, check=False)
     spacings: dict[Path, tuple[float, float, float] | None] = {}
     depths = []
     for index, name in enumerate(volumes.names):
