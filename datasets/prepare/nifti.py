@@ -43,7 +43,8 @@ from tqdm import tqdm
 from datasets.catalog import DATASET_JSON, DatasetInfo, load_dataset_json
 from datasets.common import DataError, normalise_volume
 from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
-from datasets.prepare.common import read_nifti_pair, write_training_slices, write_volume
+from datasets.prepare.common import read_nifti_pair
+from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 

@@ -26,32 +26,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from datasets.common import (
     CT_WINDOW,
-    IMAGE_KEY,
-    LABEL_KEY,
-    SPACING_ATTR,
     DataError,
     normalise_volume,
 )
 from datasets.lists import (
-    SLICE_SUFFIX,
     STANDARD_TEST_CASES,
     STANDARD_TRAIN_SLICE_COUNTS,
     TEST_DIR,
     TEST_LIST,
     TRAIN_DIR,
     TRAIN_LIST,
-    VOLUME_SUFFIX,
-    slice_name,
     write_list,
     write_synapse_lists,
 )
+from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -203,16 +197,10 @@ def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | Non
     for case in tqdm(cases, desc="BTCV -> Synapse", unit="case"):
         image, label, spacing = read_case(case)
         if case.name in test_cases:
-            with h5py.File(test_dir / (case.name + VOLUME_SUFFIX), "w", locking=False) as file:
-                file.create_dataset(IMAGE_KEY, data=image)
-                file.create_dataset(LABEL_KEY, data=label)
-                file.attrs[SPACING_ATTR] = np.asarray(spacing, np.float64)
+            write_volume(test_dir, case.name, image, label, spacing)
             done["test"].append(case.name)
         else:
-            for index in range(image.shape[0]):
-                name = slice_name(case.name, index)
-                np.savez(train_dir / (name + SLICE_SUFFIX), image=image[index], label=label[index])
-                train_slices.append(name)
+            train_slices += write_training_slices(train_dir, case.name, image, label)
             done["train"].append(case.name)
     if done["train"] and done["test"]:
         write_synapse_lists(out_dir, list_dir)

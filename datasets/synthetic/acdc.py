@@ -40,8 +40,8 @@ from scipy import ndimage
 from datasets.catalog import DATASETS
 from datasets.common import normalise_volume
 from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
-from datasets.prepare.common import write_training_slices, write_volume
 from datasets.synthetic.output import prepare_output
+from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 

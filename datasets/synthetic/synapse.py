@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
@@ -45,11 +44,10 @@ from datasets.common import CT_WINDOW
 from datasets.lists import (
     TEST_DIR,
     TRAIN_DIR,
-    VOLUME_SUFFIX,
-    slice_name,
     write_synapse_lists,
 )
 from datasets.synthetic.output import prepare_output
+from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -943,13 +941,9 @@ def generate_dataset(
         image, label = make_case(rng, size, num_slices)
         label = label.astype(np.float32)  # the common Synapse copies store class ids as float32
         if split == "train":
-            for k in range(num_slices):
-                np.savez(train_dir / f"{slice_name(cid, k)}.npz", image=image[k], label=label[k])
+            write_training_slices(train_dir, cid, image, label)
         else:
-            with h5py.File(test_dir / f"{cid}{VOLUME_SUFFIX}", "w", locking=False) as file:
-                file.create_dataset("image", data=image)
-                file.create_dataset("label", data=label)
-                file.attrs["spacing"] = np.array(spacing_mm(size, num_slices), dtype=np.float64)
+            write_volume(test_dir, cid, image, label, spacing_mm(size, num_slices))
         counts[split] += num_slices
     train_list, test_list = write_synapse_lists(out_dir, out_dir / LIST_DIR)
     logger.info(
