@@ -69,7 +69,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from datasets.resize import spline_zoom_matrix
+from datasets.resize import check_size, spline_zoom_matrix
 
 AUGMENTATIONS = ("daeformer", "transunet", "none")
 
@@ -318,8 +318,8 @@ def _check_sizes(stored_size: Sequence[int] | None, img_size: Sequence[int] | No
     if (stored_size is None) != (img_size is None):
         raise ValueError("build_augmentation needs both stored_size and img_size, or neither")
     for name, size in (("stored_size", stored_size), ("img_size", img_size)):
-        if size is not None and (len(size) != 2 or any(int(s) != s or s < 1 for s in size)):
-            raise ValueError(f"{name} must be two positive ints (H, W), got {tuple(size)}")
+        if size is not None:
+            check_size(size, name)
 
 
 def build_augmentation(

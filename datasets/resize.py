@@ -39,7 +39,7 @@ FILL = 0  # zoom's default cval: what a sample outside the slice reads
 OPERATOR_CACHE_SIZE = 32  # (size pair, device, dtype) combinations kept; a run uses a handful
 
 
-def _check_size(size: Sequence[int], name: str) -> tuple[int, int]:
+def check_size(size: Sequence[int], name: str) -> tuple[int, int]:
     if len(size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in size):
         raise ValueError(f"{name} must be two positive ints (H, W), got {tuple(size)}")
     return int(size[0]), int(size[1])
@@ -100,7 +100,7 @@ def _nearest_operator(n_in: int, n_out: int, device: torch.device) -> tuple[torc
     return gather, (torch.from_numpy(fill).to(device) if fill.size else None)
 
 
-def _check_batch(tensor: torch.Tensor, name: str) -> None:
+def check_batch(tensor: torch.Tensor, name: str) -> None:
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
         shape = tuple(tensor.shape) if hasattr(tensor, "shape") else type(tensor).__name__
         raise ValueError(f"{name} must be a tensor (B, H, W), got {shape}")
@@ -122,10 +122,10 @@ def zoom_images(images: torch.Tensor, size: Sequence[int], compute_dtype: torch.
     Returns:
         (B, S_h, S_w), the dtype and device of ``images``.
     """
-    _check_batch(images, "images")
+    check_batch(images, "images")
     if not images.is_floating_point():
         raise ValueError(f"images must be a floating-point tensor, got {images.dtype}")
-    out_h, out_w = _check_size(size, "size")
+    out_h, out_w = check_size(size, "size")
     height, width = images.shape[-2:]
     if (height, width) == (out_h, out_w):
         return images
@@ -155,8 +155,8 @@ def zoom_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     Returns:
         (B, S_h, S_w), the dtype and device of ``labels``.
     """
-    _check_batch(labels, "labels")
-    out_h, out_w = _check_size(size, "size")
+    check_batch(labels, "labels")
+    out_h, out_w = check_size(size, "size")
     height, width = labels.shape[-2:]
     if (height, width) == (out_h, out_w):
         return labels

@@ -44,11 +44,9 @@ from datasets.common import (
     DataError,
 )
 from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name, read_list
-from datasets.resize import zoom_images, zoom_labels
+from datasets.resize import NEAREST_ORDER, SPLINE_ORDER, check_batch, check_size, zoom_images, zoom_labels
 
 DEFAULT_IMG_SIZE = (224, 224)
-IMAGE_ZOOM_ORDER = 3  # cubic spline for intensities (the protocol's scipy zoom order 3)
-LABEL_ZOOM_ORDER = 0  # nearest neighbour keeps class ids whole
 SPATIAL_DIMS = 3  # (z, y, x)
 # Products of the training resize. float32 halves the resize, the largest cost of a training
 # item (bench/data_speed.py), and moves intensities by < 1e-6 from scipy's zoom: far below the
@@ -56,17 +54,11 @@ SPATIAL_DIMS = 3  # (z, y, x)
 TRAINING_ZOOM_PRODUCTS = torch.float32
 
 
-def _check_img_size(img_size: Sequence[int]) -> tuple[int, int]:
-    if len(img_size) != 2 or any(int(side) != side or side < 1 for side in img_size):
-        raise ValueError(f"img_size must be two positive ints (H, W), got {tuple(img_size)}")
-    return int(img_size[0]), int(img_size[1])
-
-
 def _resize(array: np.ndarray, img_size: Sequence[int], order: int) -> np.ndarray:
     """``zoom`` a 2D array to ``img_size`` with spline ``order``; unchanged if already that size."""
     if array.ndim != 2:
         raise ValueError(f"expected a 2D slice (H, W), got shape {array.shape}")
-    size = _check_img_size(img_size)
+    size = check_size(img_size, "img_size")
     if array.shape == size:
         return array
     return zoom(array, (size[0] / array.shape[0], size[1] / array.shape[1]), order=order)
@@ -83,7 +75,7 @@ def preprocess_slice(image: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
         float32 (S_h, S_w): ``zoom(image, order=3)`` (skipped when already that size), then
         ``(x - IMAGE_MEAN) / IMAGE_STD``.
     """
-    image = _resize(np.asarray(image, dtype=np.float32), img_size, IMAGE_ZOOM_ORDER)
+    image = _resize(np.asarray(image, dtype=np.float32), img_size, SPLINE_ORDER)
     return ((image - IMAGE_MEAN) / IMAGE_STD).astype(np.float32, copy=False)
 
 
@@ -97,7 +89,7 @@ def resize_label(label: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
     Returns:
         int64 (S_h, S_w).
     """
-    return _resize(np.asarray(label, dtype=np.int64), img_size, LABEL_ZOOM_ORDER)
+    return _resize(np.asarray(label, dtype=np.int64), img_size, NEAREST_ORDER)
 
 
 def preprocess_batch(images: torch.Tensor, img_size: Sequence[int]) -> torch.Tensor:
@@ -112,10 +104,8 @@ def preprocess_batch(images: torch.Tensor, img_size: Sequence[int]) -> torch.Ten
         ``preprocess_slice(images[b], img_size)`` to within a float32 rounding or two (the
         zoom is computed in float64, as scipy does; see ``datasets.resize``).
     """
-    if not isinstance(images, torch.Tensor) or images.ndim != 3:
-        shape = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
-        raise ValueError(f"images must be a tensor (B, H, W), got {shape}")
-    size = _check_img_size(img_size)
+    check_batch(images, "images")
+    size = check_size(img_size, "img_size")
     resized = zoom_images(images.float(), size)
     return ((resized - IMAGE_MEAN) / IMAGE_STD).unsqueeze(1)
 
@@ -133,12 +123,10 @@ def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         int64 (B, H, W) on the device of ``labels``, element for element equal to
         ``resize_label(labels[b], size)``.
     """
-    if not isinstance(labels, torch.Tensor) or labels.ndim != 3:
-        shape = tuple(labels.shape) if hasattr(labels, "shape") else type(labels).__name__
-        raise ValueError(f"labels must be a tensor (B, h, w), got {shape}")
+    check_batch(labels, "labels")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
-    return zoom_labels(labels.long(), _check_img_size(size))
+    return zoom_labels(labels.long(), size)
 
 
 def _check_existing(paths: Sequence[Path], list_file: Path) -> None:
@@ -284,7 +272,7 @@ class SynapseSlices(Dataset):
         self.base_dir = Path(base_dir)
         self.list_file = Path(list_file)
         self.num_classes = int(num_classes)
-        self.img_size = _check_img_size(img_size)
+        self.img_size = check_size(img_size, "img_size")
         self.augment_first = augment_first
         # The augmentation pulls in torchvision; only training readers need it.
         from datasets.augment import build_augmentation
