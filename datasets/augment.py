@@ -80,8 +80,8 @@ MAX_OPS = 4  # imgaug SomeOf((0, 4), ...): 0..4 operations, uniformly
 FLIP_P = 0.5  # imgaug Flipud(0.5) / Fliplr(0.5): a chosen flip still flips only half the time
 NOISE_STD = 0.005 * 255  # reference value, added as is to [0, 1] images (see module docstring)
 BLUR_SIGMA = 1.0
-BLUR_KERNEL = 7  # odd size covering +-3 sigma
 BLUR_KERNEL_SIGMAS = 3  # the kernel reaches this many sigmas either side of its centre
+BLUR_KERNEL = 2 * int(np.ceil(BLUR_KERNEL_SIGMAS * BLUR_SIGMA)) + 1  # 7
 CONTRAST_RANGE = (0.5, 1.5)
 CONTRAST_CENTRE = 0.0  # imgaug's centre for float images (see module docstring)
 SCALE_RANGE = (0.5, 2.0)  # drawn independently for x and y
@@ -343,14 +343,12 @@ def build_augmentation(
     """
     _check_sizes(stored_size, img_size)
     if name == "daeformer":
-        transforms = daeformer_transforms()
         if stored_size is not None and tuple(stored_size) != tuple(img_size):
             sigma, kernel = blur_after_resize(stored_size, img_size)
-            transforms = daeformer_transforms(
-                blur_sigma=sigma,
-                blur_kernel=kernel,
-                noise_std=NOISE_STD * noise_gain(stored_size, img_size),
-            )
+            noise_std = NOISE_STD * noise_gain(stored_size, img_size)
+            transforms = daeformer_transforms(blur_sigma=sigma, blur_kernel=kernel, noise_std=noise_std)
+        else:
+            transforms = daeformer_transforms()
         return TorchvisionPairAugmentation(SomeOf(transforms, max_ops=MAX_OPS))
     if name == "transunet":
         return TransUNetAugmentation()
