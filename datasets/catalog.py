@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets.common import CT_WINDOW
+from datasets.lists import LIST_DIR, TEST_DIR, TRAIN_DIR
 
 VOLUMES = "volumes"  # 2D training slices (.npz), 3D test volumes (.npy.h5); Dice and HD95 per class
 IMAGES = "images"  # 2D images (.jpg) with masks (_segmentation.png); pooled pixel metrics
@@ -151,7 +152,7 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
         return DatasetInfo(
             num_classes=len(names) + 1,
             class_names=tuple(names),
-            list_dir=str(folder / "lists"),
+            list_dir=str(folder / LIST_DIR),
             root_path=str(folder),
             test_path=str(folder),
             kind=IMAGES,
@@ -163,9 +164,9 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
     return DatasetInfo(
         num_classes=len(names) + 1,
         class_names=tuple(names),
-        list_dir=str(folder / "lists"),
-        root_path=str(folder / "train_npz"),
-        test_path=str(folder / "test_vol_h5"),
+        list_dir=str(folder / LIST_DIR),
+        root_path=str(folder / TRAIN_DIR),
+        test_path=str(folder / TEST_DIR),
         intensity_clip=None if clip is None else (float(clip[0]), float(clip[1])),
     )
 

@@ -28,6 +28,7 @@ from datasets.common import TEST, TRAIN, VAL, DataError
 
 TRAIN_DIR = "train_npz"
 TEST_DIR = "test_vol_h5"
+LIST_DIR = "lists"  # beside them, in the folders the converters and generators write
 TRAIN_LIST = "train.txt"
 TEST_LIST = "test_vol.txt"
 ALL_LIST = "all.lst"

@@ -45,12 +45,11 @@ from PIL import Image, UnidentifiedImageError
 from datasets.catalog import DATASET_JSON, IMAGE_CHANNELS, IMAGES
 from datasets.common import DataError
 from datasets.isic import IMAGE_DIR, MASK_DIR, MASK_SUFFIX, write_isic_lists
-from datasets.lists import TEST_EVERY
+from datasets.lists import LIST_DIR, TEST_EVERY
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_TAGS = ("", "_segmentation", "_mask")  # NAME.*, NAME_segmentation.*, NAME_mask.*
 OUT_SUFFIX = ".png"
-LIST_DIR = "lists"
 BACKGROUND = "background"
 BINARY_FOREGROUND = 255  # a 2-class mask is stored as 0 / 255, as ISIC's masks and the reader expect
 MAX_IDS = 256  # masks are 8-bit PNGs

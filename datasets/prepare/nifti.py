@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = "_0000"  # nnU-Net names single-channel images NAME_0000.nii.gz
 DEFAULT_TEST_FRACTION = 0.2
-LIST_DIR = "lists"
 
 
 def read_classes(path: str | Path) -> list[str]:

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from datasets.catalog import DATASETS
 from datasets.common import normalise_volume
-from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
+from datasets.lists import LIST_DIR, TEST_DIR, TRAIN_DIR, write_list
 from datasets.synthetic.output import prepare_output
 from datasets.writing import write_training_slices, write_volume
 
@@ -57,7 +57,6 @@ DEFAULT_MIN_SLICES = 8
 DEFAULT_MAX_SLICES = 12
 MIN_SIZE = 32  # below this the myocardium is under two pixels thick
 MAX_CASES = 999  # patient numbers have 3 digits
-LIST_DIR = "lists"
 GENERATOR = "datasets.synthetic.acdc"  # the name in the output folder's marker
 
 # Geometry in normalised in-plane coordinates over [-1, 1] (x to the image's right, y down).

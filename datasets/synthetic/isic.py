@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from datasets.common import TEST, TRAIN, VAL
 from datasets.isic import IMAGE_DIR, IMAGE_SUFFIX, LIST_NAMES, MASK_DIR, MASK_SUFFIX
-from datasets.lists import write_list
+from datasets.lists import LIST_DIR, write_list
 from datasets.synthetic.output import prepare_output
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ DEFAULT_TRAIN, DEFAULT_VAL, DEFAULT_TEST = 40, 6, 10
 MIN_SIZE = 32
 ASPECT = 0.75
 JPEG_QUALITY = 95
-LIST_DIR = "lists"
 GENERATOR = "datasets.synthetic.isic"  # the name in the output folder's marker
 MASK_ON = 255
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from datasets.common import CT_WINDOW
 from datasets.lists import (
+    LIST_DIR,
     TEST_DIR,
     TRAIN_DIR,
     write_synapse_lists,
@@ -74,7 +75,6 @@ DEFAULT_MAX_SLICES = 64
 MIN_SIZE = 32  # below this the aorta (2.5 cm) is under a pixel wide
 MAX_CASES = 9999  # case ids have 4 digits
 MAX_SLICES = 1000  # slice indices have 3 digits
-LIST_DIR = "lists"
 GENERATOR = "datasets.synthetic.synapse"  # the name in the output folder's marker
 
 # Geometry. Normalised in-plane coordinates run over [-1, 1] across the field of view, x to the
