@@ -11,7 +11,8 @@ standard split's published counts when the lists are the standard ones), shapes 
 the image value range (a copy must hold [0, 1]), the label ids of each case (below
 ``num_classes``) and the test volumes' spacing attribute. For 2D images (``DATA/images``,
 ``DATA/masks``) it checks every listed image and mask as the reader reads them. Each file is
-read once, by the readers' own loading code, so the doctor and training agree on what is broken.
+read by the readers' own loading code, so the doctor and training agree on what is broken (and
+once, except a 2-class mask that reads as empty: it is opened again to see its raw values).
 
 It prints one line per problem with what to do, then a summary. Exit status: 0 clean, 1 problems
 found, 2 bad flags. The checkpoint check (``--weights`` of the issue) needs the network, which

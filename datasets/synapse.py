@@ -12,7 +12,9 @@ the common copies; any dtype with whole-number values is accepted and returned a
 ``preprocess_slice`` / ``resize_label`` are the reference: one slice, scipy ``zoom``, as the
 published protocol. ``preprocess_batch`` / ``resize_labels`` do the same to a whole batch of
 slices with torch on any device (``datasets.resize``), equal to the reference to float32
-rounding for images and exactly for labels; the evaluation calls these.
+rounding for images and exactly for labels. The evaluation (``utils.inference.predict_volume``)
+calls ``preprocess_batch``, and ``datasets.resize.zoom_labels`` directly on uint8 labels, of
+which ``resize_labels`` is the int64 form.
 
 Every malformed input raises ``DataError`` with a one-line message naming the file.
 """
