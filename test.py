@@ -39,10 +39,10 @@ from utils.checkpoint import find_checkpoint
 from utils.cli import add_ignored_flags, ignored_note
 from utils.evaluation import parse_spacing
 from utils.inference import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE
-from utils.loader import load_network_class, parse_model_kwargs
+from utils.loader import DAEFORMER, load_network_class, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
-from utils.predictor import DEFAULT_MODULE, Predictor
+from utils.predictor import Predictor
 from utils.runs import ARGS_FILE, latest_run_id
 from utils.scans import find_images, find_nifti, save_nifti, segment_image, segment_scan
 from utils.visualize import montage
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--module",
         help="network class for a plain state dict such as the published weights "
-        f"(default {DEFAULT_MODULE}); a checkpoint of train.py names its own",
+        f"(default {DAEFORMER}); a checkpoint of train.py names its own",
     )
     parser.add_argument("--model_kwargs", default="{}", help="constructor arguments (JSON) for a plain state dict")
     parser.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")

@@ -58,7 +58,7 @@ from utils.checkpoint import (
 from utils.cli import add_ignored_flags, ignored_note
 from utils.evaluation import EvalResult, EvalSettings, Evaluator, build_evaluator
 from utils.inference import AMP_DTYPES, DEVICES, default_batch_size, select_device
-from utils.loader import parse_model_kwargs
+from utils.loader import DAEFORMER, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
 from utils.runs import RunLock, StopSignal, new_run_id, prepare_folder
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes")
 
     model = parser.add_argument_group("network")
-    model.add_argument("--module", default="networks.DAEFormer.DAEFormer", help="network class as package.module.ClassName")
+    model.add_argument("--module", default=DAEFORMER, help="network class as package.module.ClassName")
     model.add_argument("--model_kwargs", default="{}", help="extra constructor arguments as JSON, e.g. '{\"base_channels\": 16}'")
     model.add_argument("--in_chans", type=int, help="input channels passed to the constructor (default: the network's own)")
     model.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")

@@ -25,8 +25,9 @@ import torch
 from bench.common import cpu_name, markdown_table
 from bench.metric_speed import SYNAPSE_DEPTH, SYNAPSE_SIZE, make_case, time_metrics
 from datasets.synapse import preprocess_slice, resize_label
-from utils import build_network, load_network_class, network_arguments
+from utils import build_network, load_network_class, network_arguments, to_device
 from utils.inference import predict_volume
+from utils.loader import DAEFORMER
 
 NUM_CLASSES = 9
 
@@ -49,7 +50,7 @@ def timed(function):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--module", default="networks.DAEFormer.DAEFormer")
+    parser.add_argument("--module", default=DAEFORMER)
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=16, help="slices per forward pass on our path")
     parser.add_argument("--depth", type=int, default=SYNAPSE_DEPTH)
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     kwargs = network_arguments(load_network_class(args.module), NUM_CLASSES, args.img_size)
-    model = build_network(args.module, kwargs).eval()
+    model = to_device(build_network(args.module, kwargs), "cpu").eval()  # as test.py places it
     _, reference = make_case(args.depth, args.size)
     image = np.clip(reference / NUM_CLASSES + np.random.default_rng(0).normal(0, 0.05, reference.shape), 0, 1).astype(np.float32)
 

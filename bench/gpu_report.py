@@ -39,10 +39,10 @@ import torch
 from bench.common import cpu_name, markdown_table, measure_step, run_in_fresh_process
 from bench.train_speed import make_train_step
 from datasets.synthetic.synapse import generate_dataset
+from utils.loader import DAEFORMER
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_ITERATIONS = 37_200  # 400 epochs of 2,211 slices in batches of 24 (SYNAPSE.md)
-DAEFORMER = "networks.DAEFormer.DAEFormer"
 PACE = re.compile(r"epoch (\d+): iteration \d+, .*, ([\d.]+) s/iteration")
 EVAL_TIME = re.compile(r"test evaluation took ([\d.]+) s")
 PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")

@@ -50,10 +50,10 @@ from bench.common import (  # noqa: E402
 from networks.blocks import MixFFN  # noqa: E402
 from utils import UserError, build_network, load_network_class, network_arguments, to_device  # noqa: E402
 from utils.inference import AMP_DTYPES, autocast, select_device  # noqa: E402
-from utils.loader import parse_model_kwargs  # noqa: E402
+from utils.loader import DAEFORMER, parse_model_kwargs  # noqa: E402
 
 NUM_CLASSES = 9  # Synapse: background + 8 organs
-DEFAULT_MODULE = "networks.DAEFormer.DAEFormer"
+DEFAULT_MODULE = DAEFORMER
 DEFAULT_BASELINE = "networks.UNet.UNet"
 NO_BASELINE = "none"
 DEFAULT_IMG_SIZE = 224

@@ -29,7 +29,7 @@ from bench.common import (
 )
 from utils import build_network, load_network_class, network_arguments, to_device
 from utils.inference import select_device
-from utils.loader import parse_model_kwargs
+from utils.loader import DAEFORMER, parse_model_kwargs
 from utils.losses import CEDiceLoss
 from utils.training import build_optimizer, build_scheduler, train_step
 
@@ -78,7 +78,7 @@ def make_train_step(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--module", default="networks.DAEFormer.DAEFormer")
+    parser.add_argument("--module", default=DAEFORMER)
     parser.add_argument("--model_kwargs", default="{}", help="constructor arguments as JSON")
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=8)

@@ -31,10 +31,10 @@ from utils.checkpoint import (
     CheckpointError,
     is_self_describing,
     load_checkpoint,
+    strip_wrapper_prefix,
 )
-from utils.loader import build_network
+from utils.loader import DAEFORMER, build_network
 
-PUBLISHED_MODULE = "networks.DAEFormer.DAEFormer"
 PUBLISHED_KWARGS: dict = {}  # the constructor's defaults are the published Synapse configuration
 HEAD = "decoder_0.last_layer."
 HASH_CHUNK = 1 << 20
@@ -130,15 +130,16 @@ def check_weights(path: str | Path) -> WeightsReport:
         state_dict = payload
     if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; pass a .pth with the network's weights")
-    if all(name.startswith(WRAPPER_PREFIX) for name in state_dict):
-        state_dict = {name[len(WRAPPER_PREFIX) :]: tensor for name, tensor in state_dict.items()}
+    stripped = strip_wrapper_prefix(state_dict)
+    if stripped is not state_dict:
+        state_dict = stripped
         report.facts.append(f"every name carries the '{WRAPPER_PREFIX}' prefix of a multi-GPU run: fine, stripped on load")
-    model = build_network(PUBLISHED_MODULE, PUBLISHED_KWARGS)
+    model = build_network(DAEFORMER, PUBLISHED_KWARGS)
     compare_state_dict(state_dict, model, report)
     own = len(model.state_dict())
     fitting = own - len(report.missing) - len(report.mis_shaped)
     report.facts.append(
-        f"{len(state_dict)} tensors: {fitting} of the {own} tensors of {PUBLISHED_MODULE} "
+        f"{len(state_dict)} tensors: {fitting} of the {own} tensors of {DAEFORMER} "
         "(published configuration) present with their shapes"
     )
     if report.dropped:

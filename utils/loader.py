@@ -19,7 +19,7 @@ from torch import nn
 from utils.errors import UserError
 
 IN_TREE_PACKAGE = "networks"
-EXAMPLE = "networks.DAEFormer.DAEFormer"
+DAEFORMER = "networks.DAEFormer.DAEFormer"  # the published network, the default of the scripts
 
 
 class ModuleLoadError(UserError):
@@ -45,7 +45,7 @@ def load_network_class(path: str) -> type[nn.Module]:
     """Import ``package.module.ClassName`` and check that it is an ``nn.Module`` subclass."""
     module_name, dot, class_name = path.rpartition(".")
     if not dot or not module_name or not class_name:
-        raise ModuleLoadError(f"--module {path!r} is not a dotted path package.module.ClassName; e.g. --module {EXAMPLE}")
+        raise ModuleLoadError(f"--module {path!r} is not a dotted path package.module.ClassName; e.g. --module {DAEFORMER}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:

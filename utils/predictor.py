@@ -26,11 +26,10 @@ from utils.checkpoint import is_self_describing, load_checkpoint, model_from_pay
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, Evaluator, build_evaluator
 from utils.inference import default_batch_size, select_device
-from utils.loader import load_network_class, network_arguments, to_device
+from utils.loader import DAEFORMER, load_network_class, network_arguments, to_device
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODULE = "networks.DAEFormer.DAEFormer"  # what the published plain state dict holds
 DEFAULT_IMG_SIZE = 224
 
 
@@ -103,7 +102,7 @@ class Predictor:
             kwargs, train_args = payload["model_kwargs"], payload["args"]
             logger.info("%s: %s(%s), trained for %d epoch(s)", path, payload["module"], kwargs, payload["epoch"] + 1)
         else:
-            module = module or DEFAULT_MODULE
+            module = module or DAEFORMER  # what the published plain state dict holds
             plain_info = checked_info(dataset)
             kwargs = network_arguments(
                 load_network_class(module),
