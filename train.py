@@ -61,7 +61,18 @@ from utils.inference import AMP_DTYPES, DEVICES, default_batch_size, select_devi
 from utils.loader import DAEFORMER, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.losses import CE_WEIGHT, DICE_WEIGHT, CEDiceLoss
-from utils.runs import RunLock, StopSignal, new_run_id, prepare_folder
+from utils.runs import (
+    ARGS_FILE,
+    EVAL_FOLDER,
+    LOG_FILE,
+    SPLIT_FILE,
+    TENSORBOARD_FOLDER,
+    VAL_CASES_FILE,
+    RunLock,
+    StopSignal,
+    new_run_id,
+    prepare_folder,
+)
 from utils.training import (
     LR_RULES,
     REFERENCE_BATCH,
@@ -95,7 +106,6 @@ IGNORED_FLAGS = (
 )
 # Reading a loss from the GPU waits for it; the loop does so only every this many steps.
 LOG_EVERY = 20
-EVAL_FOLDER = "eval"
 # Under torchrun the evaluation is shared by all processes, so no process waits for the others
 # much longer than a step; the timeout only has to cover slow disks and checkpoint writes.
 DIST_TIMEOUT_MIN = 60.0
@@ -451,10 +461,10 @@ def make_datasets(config: RunConfig, rank: int) -> tuple[Dataset, Any, str]:
     # The split is written into the run's folder: it records what was held out, and the
     # training reader takes a list file like any other.
     output_dir = Path(config.output_dir)
-    split_list = output_dir / "train_split.txt"
+    split_list = output_dir / SPLIT_FILE
     if rank == 0:
         split_list.write_text("\n".join(train_names) + "\n")
-        (output_dir / "val_cases.txt").write_text("\n".join(val_cases) + "\n")
+        (output_dir / VAL_CASES_FILE).write_text("\n".join(val_cases) + "\n")
     if dist.is_initialized():
         dist.barrier()
     train_set = SynapseSlices(config.root_path, split_list, config.num_classes, img_size, augment=config.augment)
@@ -753,7 +763,7 @@ def train(config: RunConfig, notes: list[str]) -> int:
             prepare_folder(output_dir, resuming=checkpoint is not None, overwrite=config.overwrite)
         if world_size > 1:
             dist.barrier()  # the folder is checked (and cleared) before anyone writes into it
-        setup_logging(output_dir / "log.txt", enabled=main_process)
+        setup_logging(output_dir / LOG_FILE, enabled=main_process)
         stop = stack.enter_context(StopSignal())
         return run_training(config, notes, device, rank, world_size, checkpoint, stop)
 
@@ -844,7 +854,7 @@ def run_training(
     if checkpoint is not None:
         resume(state, checkpoint, config, rank, world_size, max_iterations)
     if main_process:
-        (output_dir / "args.json").write_text(json.dumps({"run_id": state.run_id, **config.to_json()}, indent=2) + "\n")
+        (output_dir / ARGS_FILE).write_text(json.dumps({"run_id": state.run_id, **config.to_json()}, indent=2) + "\n")
     logger.info("run %s", state.run_id)
     if world_size > 1:
         state.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -859,7 +869,7 @@ def run_training(
         workers=config.eval_workers,
     )
     evaluator = build_evaluator(dataset_info(config.dataset), config.num_classes, list(config.class_names), eval_settings)
-    writer = SummaryWriter(str(output_dir / "tensorboard")) if main_process else None
+    writer = SummaryWriter(str(output_dir / TENSORBOARD_FOLDER)) if main_process else None
     try:
         return epochs(
             state,

@@ -32,11 +32,17 @@ from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-ARGS_FILE = "args.json"
 LOCK_FILE = ".train.lock"
-# What a run writes into its folder; --overwrite removes exactly these.
-RUN_FILES = ("args.json", "log.txt", "train_split.txt", "val_cases.txt")
-RUN_FOLDERS = ("tensorboard", "eval")
+# What train.py writes into a run's folder, by these names; --overwrite removes exactly these
+# (and the checkpoints). A new output belongs here.
+ARGS_FILE = "args.json"
+LOG_FILE = "log.txt"
+SPLIT_FILE = "train_split.txt"  # --val_cases: the training cases kept
+VAL_CASES_FILE = "val_cases.txt"  # --val_cases: the cases held out
+TENSORBOARD_FOLDER = "tensorboard"
+EVAL_FOLDER = "eval"  # eval/epoch_N/metrics.json
+RUN_FILES = (ARGS_FILE, LOG_FILE, SPLIT_FILE, VAL_CASES_FILE)
+RUN_FOLDERS = (TENSORBOARD_FOLDER, EVAL_FOLDER)
 CHECKPOINT_GLOB = "*.pth"
 TEMPORARY_GLOB = ".*.pth.*.tmp"  # utils.checkpoint.save_checkpoint's temporary files
 
