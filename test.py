@@ -44,7 +44,7 @@ from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
 from utils.predictor import Predictor
 from utils.runs import ARGS_FILE, latest_run_id
-from utils.scans import find_images, find_nifti, save_nifti, segment_image, segment_scan
+from utils.scans import PREDICTION_SUFFIX, find_images, find_nifti, save_nifti, segment_image, segment_scan
 from utils.visualize import montage
 
 logger = logging.getLogger("test")
@@ -128,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--test_save_dir", help="where results go (default OUTPUT_DIR/test)")
     parser.add_argument("--is_savenii", action="store_true", help="write {case}_pred/_img/_gt.nii.gz")
-    parser.add_argument("--save_png", action="store_true", help="write an overlay montage per case")
+    parser.add_argument(
+        "--save_png",
+        action="store_true",
+        help="volumes: an overlay montage per case (CASE.png); labelled 2D images: NAME_pred.png with the class ids "
+        "scaled to 0-255 for viewing (unlabeled images always get NAME_pred.png with the raw ids and NAME_overlay.png)",
+    )
     parser.add_argument("--z_spacing", type=int, default=1, help="slice spacing written into the saved NIfTI files")
     parser.add_argument("--deterministic", type=int, default=1, choices=(0, 1))
     add_ignored_flags(parser, IGNORED_FLAGS)
@@ -265,7 +270,7 @@ def case_writer(args: argparse.Namespace, predictor: Predictor, save_dir: Path):
                 Image.fromarray(prediction * np.uint8(scale)).save(save_dir / f"{name}_pred.png")
             return
         if args.is_savenii:
-            save_nifti(prediction.astype(np.float32), save_dir / f"{name}_pred.nii.gz", args.z_spacing)
+            save_nifti(prediction.astype(np.float32), save_dir / f"{name}{PREDICTION_SUFFIX}", args.z_spacing)
             save_nifti(case["image"].astype(np.float32), save_dir / f"{name}_img.nii.gz", args.z_spacing)
             save_nifti(case["label"].astype(np.float32), save_dir / f"{name}_gt.nii.gz", args.z_spacing)
         if args.save_png:

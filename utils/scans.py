@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-PNG_MAX = 255
 PREDICTION_SUFFIX = "_pred.nii.gz"
 
 
@@ -31,7 +30,9 @@ def find_nifti(path: Path) -> list[Path]:
     if not path.is_dir():
         return []
     return sorted(
-        p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.endswith(("_pred.nii.gz", "_pred.nii"))
+        p
+        for p in path.iterdir()
+        if p.name.endswith(NIFTI_SUFFIXES) and not p.name.endswith((PREDICTION_SUFFIX, PREDICTION_SUFFIX.removesuffix(".gz")))
     )
 
 
