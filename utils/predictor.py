@@ -99,20 +99,17 @@ class Predictor:
         payload = load_checkpoint(path)
         if is_self_describing(payload):
             model = model_from_payload(payload, path, module)
-            kwargs, train_args = payload["model_kwargs"], payload["args"]
+            kwargs, train_args, run_id = payload["model_kwargs"], payload["args"], payload.get("run_id")
+            info = checked_info(train_args.get("dataset", dataset))
             logger.info("%s: %s(%s), trained for %d epoch(s)", path, payload["module"], kwargs, payload["epoch"] + 1)
         else:
             module = module or DAEFORMER  # what the published plain state dict holds
-            plain_info = checked_info(dataset)
+            info = checked_info(dataset)
             kwargs = network_arguments(
-                load_network_class(module),
-                num_classes or plain_info.num_classes,
-                img_size,
-                plain_info.in_chans,
-                **(model_kwargs or {}),
+                load_network_class(module), num_classes or info.num_classes, img_size, info.in_chans, **(model_kwargs or {})
             )
             logger.info("%s is a plain state dict: loading it into %s(%s)", path, module, kwargs)
-            model, train_args = model_from_payload(payload, path, module, kwargs), {}
+            model, train_args, run_id = model_from_payload(payload, path, module, kwargs), {}, None
         predicted = kwargs["num_classes"]
         if num_classes is not None and num_classes != predicted:
             raise UserError(f"--num_classes {num_classes} disagrees with {path}, which predicts {predicted} classes")
@@ -122,13 +119,13 @@ class Predictor:
             checkpoint=path,
             model_kwargs=kwargs,
             train_args=train_args,
-            info=checked_info(train_args.get("dataset", dataset)),
+            info=info,
             num_classes=predicted,
             img_size=img_size or train_args.get("img_size") or kwargs.get("img_size") or DEFAULT_IMG_SIZE,
             device=run_device,
             amp=amp,
-            batch_size=batch_size or default_batch_size(run_device),
-            run_id=payload.get("run_id") if is_self_describing(payload) else None,
+            batch_size=batch_size if batch_size is not None else default_batch_size(run_device),
+            run_id=run_id,
         )
 
     @property
@@ -150,8 +147,7 @@ class Predictor:
         uint8 image (H, W, 3) -- with the evaluation protocol. Returns uint8 class ids of the
         input's spatial shape."""
         data = np.asarray(data)
-        expected = 3
-        if data.ndim != expected:
+        if data.ndim != 3:
             what = "an (H, W, 3) uint8 image" if self.info.kind == IMAGES else "a (D, H, W) volume in [0, 1]"
             raise UserError(f"predict takes {what}; got an array of shape {data.shape}")
         return self.evaluator().predict(self.model, data)
