@@ -14,6 +14,7 @@ import torch
 import train as train_script
 from datasets.synthetic.isic import generate_dataset as generate_images
 from tests.conftest import load_test_script, tiny_isic_args
+from utils.errors import UserError
 from utils.evaluation import EvalSettings, ImageResult, VolumeEvaluator, VolumeResult, prefetched
 from utils.metrics import metrics_for_classes
 
@@ -145,3 +146,10 @@ def test_prefetched_keeps_order_and_raises_the_readers_error():
 
     with pytest.raises(OSError, match="disk"):
         list(prefetched(broken()))
+
+
+def test_more_classes_than_a_byte_holds_is_refused_instead_of_wrapping():
+    settings = EvalSettings((32, 32), 1, torch.device("cpu"), "off")
+    assert VolumeEvaluator(256, [], settings).num_classes == 256
+    with pytest.raises(UserError, match="at most 256 classes, got 257"):
+        VolumeEvaluator(257, [], settings)

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 SPACING_CHOICES = ("voxel", "file")
+MAX_CLASSES = 256  # predictions and labels are uint8 (utils.inference.predict_volume, utils.images)
 VOXEL, MM = "voxels", "mm"
 # Workers only run numpy/scipy metric code, so fork is safe (no CUDA in the children) and skips
 # re-importing torch in every worker.
@@ -280,6 +281,8 @@ class _Evaluator:
     """What every evaluator holds: the classes and how the network runs."""
 
     def __init__(self, num_classes: int, class_names: list[str], settings: EvalSettings) -> None:
+        if num_classes > MAX_CLASSES:
+            raise UserError(f"the evaluation stores class ids as bytes: at most {MAX_CLASSES} classes, got {num_classes}")
         self.num_classes = num_classes
         self.class_names = class_names
         self.settings = settings
@@ -316,7 +319,7 @@ class VolumeEvaluator(_Evaluator):
         try:
             for case in progress(prefetched(cases)):
                 prediction = self.predict(model, case["image"])
-                label = case["label"].astype(np.uint8) if self.num_classes <= 256 else case["label"]
+                label = case["label"].astype(np.uint8)  # (ids below num_classes: the readers check)
                 futures.append(
                     _submit(
                         executor,
