@@ -135,10 +135,11 @@ def seed_everything(seed: int) -> None:
 def rng_state() -> dict[str, Any]:
     """Every random stream training draws from, in a form ``weights_only`` loading accepts."""
     numpy_state = np.random.get_state()
+    version, python_state, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [version, list(python_state), gauss],
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
