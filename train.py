@@ -313,14 +313,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
             value = default
             notes.append(f"--{flag} {default} (from --dataset {args.dataset})")
         filled[flag] = value
-    for flag in ("max_epochs", "batch_size", "img_size", "accumulation_steps"):
+    for flag in ("max_epochs", "batch_size", "img_size", "accumulation_steps", "eval_batch_size", "max_iterations"):
         _at_least(flag, getattr(args, flag), 1)
-    for flag in ("eval_batch_size", "max_iterations"):
-        _at_least(flag, getattr(args, flag), 1)
-    _at_least("val_cases", args.val_cases, 0)
-    _at_least("eval_interval", args.eval_interval, 0)
-    _at_least("eval_workers", args.eval_workers, 0)
-    _at_least("num_workers", args.num_workers, 0)
+    for flag in ("val_cases", "eval_interval", "eval_workers", "num_workers"):
+        _at_least(flag, getattr(args, flag), 0)
     if args.dist_timeout <= 0:
         raise UserError(f"--dist_timeout must be a positive number of minutes, got {args.dist_timeout}")
     if args.resume and args.overwrite:
