@@ -247,11 +247,6 @@ def test_bad_evaluation_data_stop_the_run_before_the_first_step(phantom, tmp_pat
     assert "train.py: error:" in (run / "log.txt").read_text()  # the reason reaches the log, not only stderr
 
 
-def test_the_non_finite_loss_message_reaches_the_log(phantom, tmp_path):
-    assert train_script.main(tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--base_lr", "1e30")[1:]) == 2
-    assert "train.py: error: the loss became" in (tmp_path / "log.txt").read_text()
-
-
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     assert (
         train_script.main(["--output_dir", str(tmp_path), "--resume", "auto", "--overwrite", "--module", "networks.UNet.UNet"])

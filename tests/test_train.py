@@ -77,6 +77,7 @@ def test_a_killed_run_resumes_from_last_pth_to_the_same_weights(phantom, tmp_pat
     process.wait()
     assert not list(killed.glob(".*.tmp"))  # no half-written checkpoint is ever visible as one
     interrupted_at = load_checkpoint(killed / "last.pth")["epoch"]
+    assert process.returncode == -signal.SIGKILL and interrupted_at < 3  # killed mid-run, not after it
     result = run_script(*tiny_train_args(phantom, killed, *args, "--resume", str(killed / "last.pth")))
     assert result.returncode == 0, result.stderr
     assert f"epoch {interrupted_at + 1}, iteration" in (killed / "log.txt").read_text()
@@ -111,6 +112,7 @@ def test_a_non_finite_loss_stops_the_run_with_a_clear_message(phantom, tmp_path,
     assert train_script.main(tiny_train_args(phantom, tmp_path, "--max_epochs", "1", "--base_lr", "1e30")[1:]) == 2
     stderr = capsys.readouterr().err
     assert "train.py: error: the loss became" in stderr and "lower --base_lr" in stderr
+    assert "train.py: error: the loss became" in (tmp_path / "log.txt").read_text()  # the message reaches the log
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,13 @@ published flag lists, the poly schedule."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
 import train as train_script
+from networks import blocks
 from networks.DAEFormer import DAEFormer
 from tests.conftest import load_test_script
 from utils.losses import CEDiceLoss
@@ -52,7 +55,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for checkpointed in (False, True):
         model = tiny_setup()[0]
         model.set_grad_checkpointing(checkpointed)
-        loss, _, _ = CEDiceLoss()(model(x), y)
+        with mock.patch("networks.blocks.checkpoint", wraps=blocks.checkpoint) as recompute:
+            loss, _, _ = CEDiceLoss()(model(x), y)
+        assert recompute.called == checkpointed  # the blocks really went through torch's checkpoint
         loss.backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
