@@ -1,4 +1,4 @@
-"""The evaluation's resizes alone: scipy one slice at a time against torch on the whole stack.
+"""The evaluation's resizes alone: scipy one slice at a time against the batched torch resizes.
 
     python -m bench.resize_speed                      # 100 x 512 x 512 phantom at 224, CPU, 2 threads
     python -m bench.resize_speed --depth 20 --repeats 1
@@ -11,8 +11,12 @@ show near-ties. Both paths run in the same process on the same volume:
 
 - scipy: ``preprocess_slice`` -> network -> ``resize_label``, one slice at a time (the
   reference, and the published loop);
-- torch: ``preprocess_batch`` -> network -> ``resize_labels`` on batches of ``--batch_size``
-  slices, with the zoom products in float64 (the default, scipy's own precision) and float32.
+- the evaluation itself, ``utils.inference.predict_volume``: the network at ``--batch_size``,
+  the resizes in chunks of max(``--batch_size``, 32) slices, float64 products (scipy's own
+  precision);
+- torch with float32 products (an option not taken): ``preprocess_batch``-style resize ->
+  network -> ``resize_labels`` on ``--batch_size`` slices at a time, resizes included (so at
+  ``--batch_size 1`` it differs from the row above in chunking as well as in precision).
 
 Printed: seconds per volume (median of ``--repeats`` after one warm-up that also builds the
 cached operators), the ratio to scipy, and how many voxels' labels differ from scipy's.

@@ -58,7 +58,7 @@ def test_dropped_tensors_are_exactly_the_modules_the_reference_never_calls():
     unused_norms = [n for n, _ in dropped if not n.startswith("decoder_2.")]
     assert all(re.search(r"\.mlp\d?\.norm[23]\.(weight|bias)$", n) for n in unused_norms)
     assert all(re.match(r"decoder_2\.(x1_linear|cross_attn|concat_linear|layer_former_[12])\.", n) for n in unused_decoder)
-    # DAEFORMER.md: 48,073,065 in the checkpoint, 18,382,864 of them never receive a gradient.
+    # The published checkpoint (tests/data/daeformer_state_dict.tsv): 48,073,065 in all, 18,382,864 of them never receive a gradient.
     assert sum(torch.Size(s).numel() for _, s in published_layout()) == 48_073_065
     assert sum(torch.Size(s).numel() for _, s in dropped) == 18_382_864
 

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
 
 from utils.inference import autocast
 
-# The published recipe (SYNAPSE.md): SGD with momentum 0.9 and weight decay 1e-4, poly power 0.9.
+# The published recipe (the DAE-Former train.py): SGD with momentum 0.9 and weight decay 1e-4, poly power 0.9.
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 POLY_POWER = 0.9
