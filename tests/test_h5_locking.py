@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from datasets.prepare.common import write_volume
 from datasets.synapse import SynapseVolumes
 from datasets.synthetic.synapse import generate_dataset
+from datasets.writing import write_volume
 
 
 @pytest.fixture
