@@ -33,10 +33,11 @@ from tqdm import tqdm
 from datasets.catalog import DATASETS, IMAGES
 from datasets.common import DataError
 from datasets.isic import SkinCases
+from datasets.lists import TEST_DIR
 from datasets.synapse import SynapseVolumes
 from utils import UserError
 from utils.checkpoint import find_checkpoint
-from utils.cli import add_ignored_flags, ignored_note
+from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags, ignored_note
 from utils.evaluation import parse_spacing
 from utils.inference import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE
 from utils.loader import DAEFORMER, load_network_class, parse_model_kwargs
@@ -49,7 +50,6 @@ from utils.visualize import montage
 
 logger = logging.getLogger("test")
 
-VOLUME_FOLDER = "test_vol_h5"
 PNG_MAX = 255
 # Flags of the published test.py that mean nothing here (utils/cli.py).
 IGNORED_FLAGS = (
@@ -59,13 +59,7 @@ IGNORED_FLAGS = (
     "--resume",
     "--accumulation-steps",
     "--use-checkpoint",
-    "--zip",
-    "--cache-mode",
-    "--amp-opt-level",
-    "--tag",
-    "--eval",
-    "--throughput",
-    "--opts",
+    *SWIN_CONFIG_FLAGS,
 )
 
 
@@ -234,7 +228,7 @@ def run(args: argparse.Namespace) -> None:
         logger.info("evaluating %d image(s) of %s at %dx%d", len(cases), volume_path, predictor.img_size, predictor.img_size)
         title = "test images"
     else:
-        folder = volume_path / VOLUME_FOLDER if (volume_path / VOLUME_FOLDER).is_dir() else volume_path
+        folder = volume_path / TEST_DIR if (volume_path / TEST_DIR).is_dir() else volume_path
         cases = SynapseVolumes(folder, list_file, predictor.num_classes)
         logger.info(
             "evaluating %d volume(s) of %s at %dx%d, convention %r, HD95 in %s",

@@ -55,7 +55,7 @@ from utils.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from utils.cli import add_ignored_flags, ignored_note
+from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags, ignored_note
 from utils.evaluation import EvalResult, EvalSettings, Evaluator, build_evaluator
 from utils.inference import AMP_DTYPES, DEVICES, default_batch_size, select_device
 from utils.loader import DAEFORMER, parse_model_kwargs
@@ -93,17 +93,7 @@ from utils.visualize import panel
 logger = logging.getLogger("train")
 
 # Flags of the published train.py that mean nothing here (utils/cli.py).
-IGNORED_FLAGS = (
-    "--zip",
-    "--cache-mode",
-    "--amp-opt-level",
-    "--tag",
-    "--eval",
-    "--throughput",
-    "--opts",
-    "--n_gpu",
-    "--z_spacing",
-)
+IGNORED_FLAGS = (*SWIN_CONFIG_FLAGS, "--n_gpu", "--z_spacing")
 # Reading a loss from the GPU waits for it; the loop does so only every this many steps.
 LOG_EVERY = 20
 # Under torchrun the evaluation is shared by all processes, so no process waits for the others

@@ -29,6 +29,10 @@ PUBLISHED_IGNORED_FLAGS: dict[str, dict] = {
 }
 
 
+# The Swin-style config flags both published scripts parse.
+SWIN_CONFIG_FLAGS = ("--zip", "--cache-mode", "--amp-opt-level", "--tag", "--eval", "--throughput", "--opts")
+
+
 def add_ignored_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
     """Declare ``flags`` (keys of ``PUBLISHED_IGNORED_FLAGS``) in their own help group."""
     group = parser.add_argument_group("accepted for compatibility with the published scripts, ignored")
