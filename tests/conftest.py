@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 # A network small enough that a training epoch on the tiny phantom takes about a second.
 TINY_UNET = ["--module", "networks.UNet.UNet", "--model_kwargs", '{"base_channels": 4, "depth": 2}']
 TINY_SIZE = 32
+# The size, batch, loading and network of every tiny training run in the tests.
+TINY_RUN = ["--img_size", str(TINY_SIZE), "--batch_size", "4", "--num_workers", "0", *TINY_UNET]
 
 
 # One thread per process: exact-equality tests need the same reduction order in every run.
@@ -43,8 +45,17 @@ def tiny_train_args(data: dict, output_dir: Path, *extra: str) -> list[str]:
         "train.py",
         *("--root_path", str(data["train_dir"]), "--test_path", str(data["test_dir"])),
         *("--list_dir", str(data["train_list"].parent), "--output_dir", str(output_dir)),
-        *("--img_size", str(TINY_SIZE), "--batch_size", "4", "--num_workers", "0", "--eval_interval", "1"),
-        *TINY_UNET,
+        *TINY_RUN,
+        *("--eval_interval", "1"),
+        *extra,
+    ]
+
+
+def phantom_test_args(data: dict, checkpoint: Path, save_dir: Path, *extra: str) -> list[str]:
+    """``test.py``'s arguments (without the script) for ``checkpoint`` on a phantom's test volumes."""
+    return [
+        *("--ckpt", str(checkpoint), "--volume_path", str(data["out_dir"])),
+        *("--list_dir", str(data["train_list"].parent), "--test_save_dir", str(save_dir)),
         *extra,
     ]
 

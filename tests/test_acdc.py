@@ -25,7 +25,7 @@ from datasets.synthetic.acdc import (
     generate_dataset,
     make_case,
 )
-from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
+from tests.conftest import TINY_RUN, TINY_SIZE, load_test_script
 from utils.checkpoint import load_checkpoint, model_from_payload
 from utils.inference import predict_volume
 
@@ -153,17 +153,8 @@ def test_train_and_test_end_to_end_with_dataset_acdc(acdc, tmp_path):
             str(acdc["list_dir"]),
             "--output_dir",
             str(run),
-            "--img_size",
-            str(TINY_SIZE),
-            "--batch_size",
-            "4",
-            "--num_workers",
-            "0",
-            "--eval_interval",
-            "1",
-            "--max_epochs",
-            "1",
-            *TINY_UNET,
+            *TINY_RUN,
+            *("--eval_interval", "1", "--max_epochs", "1"),
         ]
     )
     assert code == 0

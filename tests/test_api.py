@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from datasets.synthetic.isic import generate_dataset as generate_images
-from tests.conftest import REPO, load_test_script, tiny_isic_args
+from tests.conftest import REPO, load_test_script, phantom_test_args, tiny_isic_args
 from utils.predictor import Predictor
 
 
@@ -24,21 +24,7 @@ def test_the_readme_example_gives_test_py_s_numbers(phantom, trained_run, tmp_pa
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
     assert (
-        load_test_script().main(
-            [
-                "--ckpt",
-                str(trained_run / "last.pth"),
-                "--volume_path",
-                str(phantom["out_dir"]),
-                "--list_dir",
-                str(phantom["train_list"].parent),
-                "--test_save_dir",
-                str(tmp_path),
-                "--workers",
-                "0",
-                "--is_savenii",
-            ]
-        )
+        load_test_script().main(phantom_test_args(phantom, trained_run / "last.pth", tmp_path, "--workers", "0", "--is_savenii"))
         == 0
     )
     tested = json.loads((tmp_path / "metrics.json").read_text())["cases"][0]

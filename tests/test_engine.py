@@ -13,7 +13,7 @@ import torch
 
 import train as train_script
 from datasets.synthetic.isic import generate_dataset as generate_images
-from tests.conftest import load_test_script, tiny_isic_args
+from tests.conftest import load_test_script, phantom_test_args, tiny_isic_args
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, ImageResult, VolumeEvaluator, VolumeResult, prefetched
 from utils.metrics import metrics_for_classes
@@ -47,18 +47,7 @@ def assert_same_metrics(first: dict, second: dict) -> None:
 
 def test_volumes_train_py_logs_what_test_py_writes_for_the_same_checkpoint(phantom, trained_run, tmp_path):
     trained = json.loads((trained_run / "eval" / "epoch_1" / "metrics.json").read_text())
-    code = load_test_script().main(
-        [
-            "--ckpt",
-            str(trained_run / "UNet_epoch_1.pth"),
-            "--volume_path",
-            str(phantom["out_dir"]),
-            "--list_dir",
-            str(phantom["train_list"].parent),
-            "--test_save_dir",
-            str(tmp_path),
-        ]
-    )
+    code = load_test_script().main(phantom_test_args(phantom, trained_run / "UNet_epoch_1.pth", tmp_path))
     assert code == 0
     tested = json.loads((tmp_path / "metrics.json").read_text())
     assert [c["case"] for c in trained["cases"]] == [c["case"] for c in tested["cases"]] == phantom["test_case_ids"]

@@ -19,7 +19,7 @@ from datasets.synthetic.acdc import (
     RIGHT_VENTRICLE,
     make_case,
 )
-from tests.conftest import TINY_SIZE, TINY_UNET, load_test_script
+from tests.conftest import TINY_RUN, TINY_SIZE, load_test_script
 
 CLASSES = {"0": "background", "1": "cavity", "2": "wall"}
 CLIP = (-100.0, 300.0)
@@ -85,15 +85,8 @@ def test_conversion_and_training_and_testing_with_the_dataset_json(nifti_folder,
             str(out / "dataset.json"),
             "--output_dir",
             str(run),
-            "--img_size",
-            str(TINY_SIZE),
-            "--batch_size",
-            "4",
-            "--num_workers",
-            "0",
-            "--max_epochs",
-            "1",
-            *TINY_UNET,
+            *TINY_RUN,
+            *("--max_epochs", "1"),
         ]
     )
     assert code == 0

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import train as train_script
-from tests.conftest import TINY_SIZE, assert_same_weights, load_test_script, run_script, tiny_train_args
+from tests.conftest import TINY_RUN, assert_same_weights, load_test_script, run_script, tiny_train_args
 from utils.checkpoint import load_checkpoint
 from utils.training import poly_lr, restore_rng_state, rng_state
 
@@ -228,16 +228,7 @@ def test_bad_evaluation_data_stop_the_run_before_the_first_step(phantom, tmp_pat
         str(data / "lists"),
         "--output_dir",
         str(run),
-        "--img_size",
-        str(TINY_SIZE),
-        "--batch_size",
-        "4",
-        "--num_workers",
-        "0",
-        "--module",
-        "networks.UNet.UNet",
-        "--model_kwargs",
-        '{"base_channels": 4, "depth": 2}',
+        *TINY_RUN,
     ]
     assert train_script.main(args) == 2
     message = capsys.readouterr().err
