@@ -13,7 +13,10 @@ predicted label volumes as NIfTI and computes no metrics. 2D image data sets (--
 are scored with Dice, IoU, sensitivity, specificity and accuracy on the pixels of all test images
 pooled (utils/images.py), and per image.
 
-The evaluation is utils/evaluation.py's engine, the one train.py's periodic evaluation runs.
+The evaluation is utils/evaluation.py's engine, the one train.py's periodic evaluation runs;
+under ``torchrun --nproc_per_node N test.py ...`` the processes share the cases (or the new scans)
+and write the same metrics.json as one process. What a checkpoint of train.py records (network,
+classes, data set, input size) decides; a flag that contradicts it is an error naming both.
 """
 
 from __future__ import annotations
@@ -32,20 +35,18 @@ from tqdm import tqdm
 
 from datasets.catalog import DATASETS, IMAGES
 from datasets.common import DataError
-from datasets.isic import SkinCases
-from datasets.lists import TEST_DIR
-from datasets.synapse import SynapseVolumes
-from utils import UserError
+from datasets.readers import evaluation_cases
 from utils.checkpoint import find_checkpoint
 from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags, ignored_note
-from utils.evaluation import parse_spacing
-from utils.inference import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE
+from utils.devices import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, Placement, leave_process_group, place_process
+from utils.errors import UserError
+from utils.evaluation import Spacing, parse_spacing
 from utils.loader import DAEFORMER, load_network_class, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
 from utils.predictor import Predictor
 from utils.runs import ARGS_FILE, latest_run_id
-from utils.scans import PREDICTION_SUFFIX, find_images, find_nifti, save_nifti, segment_image, segment_scan
+from utils.scans import PREDICTION_SUFFIX, save_nifti, unlabelled_inputs
 from utils.visualize import montage
 
 logger = logging.getLogger("test")
@@ -65,71 +66,82 @@ IGNORED_FLAGS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--test_path",
         "--volume_path",
-        help="data root with test_vol_h5/ below it, that folder itself, "
-        "NIfTI scans (a file or a folder) to segment, or for 2D image data "
-        "the folder holding images/ and masks/",
+        dest="test_path",
+        help="what to evaluate or segment: a data root with test_vol_h5/ below it or that folder itself, "
+        "NIfTI scans (a file or a folder) to segment, or for 2D image data the folder holding images/ "
+        "and masks/ (--volume_path is the published name)",
     )
-    parser.add_argument(
+    data.add_argument(
         "--dataset",
-        default="Synapse",
-        help=f"a data set of the table ({', '.join(DATASETS)}) or a dataset.json path; a checkpoint of train.py names its own",
+        help=f"a data set of the table ({', '.join(DATASETS)}) or a dataset.json path, for a plain state dict "
+        "(default Synapse); a checkpoint of train.py names its own",
     )
-    parser.add_argument("--list_dir", help="folder holding the test list (default: the --dataset table's)")
-    parser.add_argument(
-        "--num_classes", type=int, help="classes including background (default: the checkpoint's, else the table's)"
-    )
-    parser.add_argument("--output_dir", default="./model_out", help="training output folder to take the checkpoint from")
-    parser.add_argument(
+    data.add_argument("--list_dir", help="folder holding the test list (default: the data set's)")
+    network = parser.add_argument_group("network and checkpoint")
+    network.add_argument("--output_dir", default="./model_out", help="training output folder to take the checkpoint from")
+    network.add_argument(
         "--ckpt", help="checkpoint file (default: best.pth, else the final epoch's, else last.pth in --output_dir)"
     )
-    parser.add_argument(
+    network.add_argument(
         "--module",
-        help="network class for a plain state dict such as the published weights "
-        f"(default {DAEFORMER}); a checkpoint of train.py names its own",
+        help=f"network class for a plain state dict such as the published weights (default {DAEFORMER}); "
+        "a checkpoint of train.py names its own",
     )
-    parser.add_argument("--model_kwargs", default="{}", help="constructor arguments (JSON) for a plain state dict")
-    parser.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")
-    parser.add_argument(
+    network.add_argument("--model_kwargs", default="{}", help="constructor arguments (JSON) for a plain state dict")
+    network.add_argument(
+        "--num_classes", type=int, help="classes including background (default: the checkpoint's, else the table's)"
+    )
+    network.add_argument("--img_size", type=int, help="network input size (default: the checkpoint's, else 224)")
+    network.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")
+    network.add_argument(
         "--max_epochs", type=int, default=400, help="with --model_name, picks {model_name}_epoch_{max_epochs-1}.pth"
     )
-    parser.add_argument("--img_size", type=int, help="network input size (default: the checkpoint's, else 224)")
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        help=f"slices per forward pass (default {GPU_BATCH_SIZE} on a GPU, "
-        f"{CPU_BATCH_SIZE} on a CPU, where batching does not pay)",
-    )
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision for inference")
-    parser.add_argument(
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument(
         "--metric_convention",
         default="published",
         choices=CONVENTIONS,
         help="published: missed organ = (0, 0), as in the papers; nan: classes absent from both masks are left out",
     )
-    parser.add_argument(
+    evaluation.add_argument(
         "--spacing",
         default="voxel",
         help="HD95 unit: 'voxel' (published), 'file' (each volume's stored spacing, mm), or 'z,y,x' in mm",
     )
-    parser.add_argument(
+    evaluation.add_argument(
+        "--eval_batch_size",
+        "--batch_size",
+        dest="eval_batch_size",
+        type=int,
+        help=f"slices per forward pass (default {GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU, where "
+        "batching does not pay; --batch_size is the published name)",
+    )
+    evaluation.add_argument(
+        "--eval_workers",
         "--workers",
+        dest="eval_workers",
         type=int,
         default=min(4, os.cpu_count() or 1),
         help="processes computing metrics while the network predicts the next case (0 = in this process)",
     )
-    parser.add_argument("--test_save_dir", help="where results go (default OUTPUT_DIR/test)")
-    parser.add_argument("--is_savenii", action="store_true", help="write {case}_pred/_img/_gt.nii.gz")
-    parser.add_argument(
+    output = parser.add_argument_group("output")
+    output.add_argument("--test_save_dir", help="where results go (default OUTPUT_DIR/test)")
+    output.add_argument("--is_savenii", action="store_true", help="write {case}_pred/_img/_gt.nii.gz")
+    output.add_argument(
         "--save_png",
         action="store_true",
         help="volumes: an overlay montage per case (CASE.png); labelled 2D images: NAME_pred.png with the class ids "
         "scaled to 0-255 for viewing (unlabeled images always get NAME_pred.png with the raw ids and NAME_overlay.png)",
     )
-    parser.add_argument("--z_spacing", type=int, default=1, help="slice spacing written into the saved NIfTI files")
-    parser.add_argument("--deterministic", type=int, default=1, choices=(0, 1))
+    output.add_argument("--z_spacing", type=int, default=1, help="slice spacing written into the saved NIfTI files")
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument("--device", default="auto", choices=DEVICES)
+    hardware.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision for inference")
+    hardware.add_argument("--deterministic", type=int, default=1, choices=(0, 1))
     add_ignored_flags(parser, IGNORED_FLAGS)
     return parser
 
@@ -141,10 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError) as error:
         print(f"test.py: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
     return 0
 
 
-def load(args: argparse.Namespace) -> Predictor:
+def load(args: argparse.Namespace, placement: Placement) -> Predictor:
     """The network of --ckpt, or of the training run in --output_dir."""
     if args.module:
         load_network_class(args.module)  # a bad --module is reported before any file is read
@@ -160,9 +174,9 @@ def load(args: argparse.Namespace) -> Predictor:
         args.dataset,
         args.num_classes,
         args.img_size,
-        args.device,
+        placement.device,
         args.amp,
-        args.batch_size,
+        args.eval_batch_size,
     )
     if not args.ckpt:
         check_same_run(predictor, Path(args.output_dir))
@@ -193,63 +207,53 @@ def check_same_run(predictor: Predictor, output_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Evaluate the labelled cases of --test_path, or segment the unlabelled inputs found there."""
     spacing = parse_spacing(args.spacing)
-    if (args.batch_size is not None and args.batch_size < 1) or args.workers < 0:
-        raise UserError(f"--batch_size must be at least 1 and --workers at least 0, got {args.batch_size}, {args.workers}")
+    if (args.eval_batch_size is not None and args.eval_batch_size < 1) or args.eval_workers < 0:
+        raise UserError(
+            f"--eval_batch_size must be at least 1 and --eval_workers at least 0, got {args.eval_batch_size}, {args.eval_workers}"
+        )
+    placement = place_process(args.device)
     save_dir = Path(args.test_save_dir or Path(args.output_dir) / "test")
     save_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(save_dir / "log.txt")
+    setup_logging(save_dir / "log.txt", enabled=placement.main)
     for note in ignored_note(args, IGNORED_FLAGS):
         logger.info(note)
     torch.backends.cudnn.deterministic = bool(args.deterministic)
-
-    predictor = load(args)
-    info = predictor.info
-    volume_path = Path(args.volume_path or info.test_path)
-    list_file = Path(args.list_dir or info.list_dir) / info.test_list
-    if info.kind != IMAGES:
-        scans = find_nifti(volume_path)
-        if scans:
-            logger.info("segmenting %d NIfTI scan(s); no labels, so no metrics", len(scans))
-            for path in tqdm(scans, desc="scans", leave=False):
-                segment_scan(predictor, path, save_dir, args.save_png)
-            return
-
-    images = find_images(volume_path) if info.kind == IMAGES else []
-    if images:
-        logger.info("segmenting %d unlabeled image(s) of %s; no masks, so no metrics", len(images), volume_path)
-        for path in tqdm(images, desc="images", leave=False):
-            segment_image(predictor, path, save_dir)
+    predictor = load(args, placement)
+    test_path = Path(args.test_path or predictor.info.test_path)
+    inputs, segment = unlabelled_inputs(predictor.info.kind, test_path)
+    if inputs:
+        logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(inputs), test_path)
+        for path in tqdm(inputs[placement.rank :: placement.world_size], desc="inputs", leave=False):
+            segment(predictor, path, save_dir, args.save_png)
         return
+    evaluate(args, predictor, placement, test_path, spacing, save_dir)
 
-    evaluator = predictor.evaluator(args.metric_convention, spacing, args.workers)
-    if info.kind == IMAGES:
-        cases = SkinCases(volume_path, list_file, predictor.num_classes)
-        logger.info("evaluating %d image(s) of %s at %dx%d", len(cases), volume_path, predictor.img_size, predictor.img_size)
-        title = "test images"
-    else:
-        folder = volume_path / TEST_DIR if (volume_path / TEST_DIR).is_dir() else volume_path
-        cases = SynapseVolumes(folder, list_file, predictor.num_classes)
-        logger.info(
-            "evaluating %d volume(s) of %s at %dx%d, convention %r, HD95 in %s",
-            len(cases),
-            folder,
-            predictor.img_size,
-            predictor.img_size,
-            args.metric_convention,
-            evaluator.settings.unit,
-        )
-        title = "test volumes"
+
+def evaluate(
+    args: argparse.Namespace, predictor: Predictor, placement: Placement, test_path: Path, spacing: Spacing, save_dir: Path
+) -> None:
+    """Score the labelled cases of ``test_path`` with the published protocol; write metrics.*."""
+    info = predictor.info
+    list_file = Path(args.list_dir or info.list_dir) / info.test_list
+    cases = evaluation_cases(info, test_path, list_file, predictor.num_classes)
+    evaluator = predictor.evaluator(args.metric_convention, spacing, args.eval_workers, placement)
+    what = "image(s)" if info.kind == IMAGES else "volume(s)"
+    scoring = "" if info.kind == IMAGES else f", convention {args.metric_convention!r}, HD95 in {evaluator.settings.unit}"
+    size = predictor.img_size
+    logger.info("evaluating %d %s of %s at %dx%d%s", len(cases), what, test_path, size, size, scoring)
     start = time.perf_counter()
     result = evaluator.evaluate(
         predictor.model,
         cases,
         on_case=case_writer(args, predictor, save_dir),
-        progress=lambda items: tqdm(items, total=len(cases), desc="cases", leave=False),
+        progress=lambda items, total: tqdm(items, total=total, desc="cases", leave=False, disable=not placement.main),
     )
-    result.log(f"{title} of {predictor.checkpoint}")
-    result.write(save_dir)
-    logger.info("evaluation took %.1f s; results in %s", time.perf_counter() - start, save_dir)
+    if placement.main:
+        result.log(f"{'test images' if info.kind == IMAGES else 'test volumes'} of {predictor.checkpoint}")
+        result.write(save_dir)
+        logger.info("evaluation took %.1f s; results in %s", time.perf_counter() - start, save_dir)
 
 
 def case_writer(args: argparse.Namespace, predictor: Predictor, save_dir: Path):

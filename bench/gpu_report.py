@@ -43,7 +43,7 @@ from utils.loader import DAEFORMER
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_ITERATIONS = 37_200  # 400 epochs of 2,211 slices in batches of 24 (the published recipe; README "Reproduce the paper")
-PACE = re.compile(r"epoch (\d+): iteration \d+, .*, ([\d.]+) s/iteration")
+PACE = re.compile(r"epoch (\d+) \(\d+ of \d+\): iteration \d+, .*, ([\d.]+) s/iteration")
 EVAL_TIME = re.compile(r"test evaluation took ([\d.]+) s")
 PEAK = re.compile(r"peak GPU memory ([\d.]+) GiB")
 T = TypeVar("T")

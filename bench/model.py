@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
 )
 from networks.blocks import MixFFN  # noqa: E402
 from utils import UserError, build_network, load_network_class, network_arguments, to_device  # noqa: E402
-from utils.inference import AMP_DTYPES, autocast, select_device  # noqa: E402
+from utils.devices import AMP_DTYPES, autocast, select_device  # noqa: E402
 from utils.loader import DAEFORMER, parse_model_kwargs  # noqa: E402
 
 NUM_CLASSES = 9  # Synapse: background + 8 organs

@@ -28,7 +28,7 @@ from bench.common import (
     run_in_fresh_process,
 )
 from utils import build_network, load_network_class, network_arguments, to_device
-from utils.inference import select_device
+from utils.devices import select_device
 from utils.loader import DAEFORMER, parse_model_kwargs
 from utils.losses import CEDiceLoss
 from utils.training import build_optimizer, build_scheduler, train_step

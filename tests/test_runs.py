@@ -19,6 +19,8 @@ import torch
 import train as train_script
 from tests.conftest import TINY_RUN, assert_same_weights, load_test_script, run_script, tiny_train_args
 from utils.checkpoint import load_checkpoint
+from utils.config import changed_settings
+from utils.loop import LOG_EVERY
 from utils.training import poly_lr, restore_rng_state, rng_state
 
 SIGNAL_NET = "tests.plugin_networks.SignalAt"
@@ -136,7 +138,7 @@ def test_under_torchrun_sigterm_stops_every_process_where_they_read_the_losses_a
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     (tmp_path / "never").touch()
-    assert train_script.LOG_EVERY > -(-phantom["num_train_slices"] // 8)
+    assert LOG_EVERY > -(-phantom["num_train_slices"] // 8)
     assert torchrun(command(straight, tmp_path / "never"), 29536).returncode == 0
     first = torchrun(command(stopped, tmp_path / "once"), 29537)
     assert first.returncode != 0 and (tmp_path / "once").exists()
@@ -253,6 +255,6 @@ def test_a_checkpoint_of_the_previous_format_is_compared_on_what_it_recorded(pha
         "args": {k: v for k, v in payload["args"].items() if k not in ("train_list_sha256", "accumulation_steps")},
     }
     older["args"]["model_kwargs"] = '{"base_channels": 4, "depth": 2}'  # the flag's JSON text, as it was saved then
-    assert train_script.changed_settings(older, config) == []
+    assert changed_settings(older, config) == []
     older["args"]["batch_size"] = 8
-    assert train_script.changed_settings(older, config) == ["batch_size 8 -> 4"]
+    assert changed_settings(older, config) == ["batch_size 8 -> 4"]

@@ -91,7 +91,7 @@ PUBLISHED_TEST = (
 def test_the_published_flag_lists_parse_unchanged():
     args = train_script.build_parser().parse_args(PUBLISHED_TRAIN)
     assert (args.accumulation_steps, args.use_checkpoint, args.resume, args.max_iterations) == (2, True, "r.pth", 30000)
-    config, notes = train_script.resolve_config(args)
+    config, notes = train_script.resolve_config(args, train_script.IGNORED_FLAGS)
     assert config.accumulation_steps == 2 and config.use_checkpoint
     assert config.lr == pytest.approx(0.05 * 40 / 24)  # the rule counts the slices of an optimisation step
     ignored = [note for note in notes if note.startswith("ignored")]
@@ -100,7 +100,19 @@ def test_the_published_flag_lists_parse_unchanged():
         "--amp-opt-level, --tag, --eval, --throughput, --opts, --n_gpu, --z_spacing"
     ]
     test_args = load_test_script().build_parser().parse_args(PUBLISHED_TEST)
-    assert (test_args.batch_size, test_args.is_savenii, test_args.img_size) == (24, True, 224)
+    assert (test_args.eval_batch_size, test_args.is_savenii, test_args.img_size) == (24, True, 224)
+
+
+def test_both_scripts_take_one_name_per_setting_and_the_published_spellings_too():
+    parse_test = load_test_script().build_parser().parse_args
+    ours = parse_test("--test_path v --eval_batch_size 3 --eval_workers 0".split())
+    published = parse_test("--volume_path v --batch_size 3 --workers 0".split())
+    assert vars(ours) == vars(published)
+    assert (ours.test_path, ours.eval_batch_size, ours.eval_workers) == ("v", 3, 0)
+    parse_train = train_script.build_parser().parse_args
+    underscores = parse_train("--accumulation_steps 3 --use_checkpoint".split())
+    hyphens = parse_train("--accumulation-steps 3 --use-checkpoint".split())
+    assert vars(underscores) == vars(hyphens) and (hyphens.accumulation_steps, hyphens.use_checkpoint) == (3, True)
 
 
 def test_use_checkpoint_needs_a_network_that_offers_it(capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,23 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def link_checkpoint(source: str | Path, target: str | Path) -> None:
+    """Make ``target`` hold what ``source`` holds without writing the payload again: a hard link
+    (a copy where the file system has none), put in place atomically. ``source`` is replaced, not
+    rewritten, by the next :func:`save_checkpoint`, so ``target`` keeps this version."""
+    source, target = Path(source), Path(target)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -5,6 +5,8 @@ or a paper's appendix parses unchanged."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import Any
 
 IGNORED = "accepted for compatibility with the published scripts and ignored"
 
@@ -40,17 +42,18 @@ def add_ignored_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -
         group.add_argument(flag, default=None, **PUBLISHED_IGNORED_FLAGS[flag])
 
 
-def ignored_given(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+def ignored_given(args: argparse.Namespace | Mapping[str, Any], flags: tuple[str, ...]) -> list[str]:
     """The ignored flags that were given on the command line."""
+    values = args if isinstance(args, Mapping) else vars(args)
     given = []
     for flag in flags:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = values[flag.lstrip("-").replace("-", "_")]
         if value not in (None, False):
             given.append(flag)
     return given
 
 
-def ignored_note(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+def ignored_note(args: argparse.Namespace | Mapping[str, Any], flags: tuple[str, ...]) -> list[str]:
     """A log line naming the ignored flags that were given, if any."""
     given = ignored_given(args, flags)
     return [f"ignored (accepted for compatibility with the published scripts): {', '.join(given)}"] if given else []

@@ -22,7 +22,7 @@ import csv
 import json
 import logging
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from datasets.catalog import IMAGES, DatasetInfo
@@ -50,6 +51,12 @@ VOXEL, MM = "voxels", "mm"
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 OnCase = Callable[[dict, np.ndarray], None]
+Spacing = str | tuple[float, float, float]
+Progress = Callable[[Iterable, int], Iterable]
+
+
+def _no_progress(items: Iterable, _total: int) -> Iterable:
+    return items
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class EvalSettings:
         convention: empty-mask rule of the volume metrics (``utils.metrics.CONVENTIONS``).
         spacing: HD95 unit: "voxel" (published), "file" (each volume's stored spacing) or (z, y, x) mm.
         workers: processes computing metrics while the network predicts the next case (0: inline).
+        rank, world_size: this process's share of a torchrun launch: it evaluates every
+            ``world_size``-th case from ``rank`` on, and the processes gather the scores.
     """
 
     img_size: tuple[int, int]
@@ -71,8 +80,10 @@ class EvalSettings:
     device: torch.device
     amp: str = "off"
     convention: str = "published"
-    spacing: str | tuple[float, float, float] = "voxel"
+    spacing: Spacing = "voxel"
     workers: int = 0
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.workers < 0:
@@ -88,7 +99,7 @@ class EvalSettings:
         return VOXEL if self.spacing == "voxel" else MM
 
 
-def parse_spacing(text: str) -> str | tuple[float, float, float]:
+def parse_spacing(text: str) -> Spacing:
     """``--spacing``: "voxel", "file", or three positive mm values "z,y,x"."""
     if text in SPACING_CHOICES:
         return text
@@ -248,9 +259,9 @@ class VolumeResult:
         example is the first part's."""
         names = [name for part in parts for name in part.cases]
         rows = dict(zip(names, np.concatenate([part.scores for part in parts])))
-        first = parts[0]
+        first, example = parts[0], next((part.example for part in parts if part.example), {})
         return cls(
-            first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention, first.unit, first.example
+            first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention, first.unit, example
         )
 
     def csv_rows(self) -> list[list]:
@@ -277,8 +288,14 @@ def _volume_example(case: dict, prediction: np.ndarray) -> dict:
     return {"image": case["image"][middle], "prediction": prediction[middle], "label": case["label"][middle]}
 
 
+def case_names(cases: Sequence) -> list[str]:
+    """The names of evaluation cases: a reader's ``names``, or each item's ``case_name``."""
+    return list(cases.names) if hasattr(cases, "names") else [case["case_name"] for case in cases]
+
+
 class _Evaluator:
-    """What every evaluator holds: the classes and how the network runs."""
+    """What every evaluator holds -- the classes and how the network runs -- and the one way a
+    set of cases is evaluated, by one process or shared by the processes of a torchrun launch."""
 
     def __init__(self, num_classes: int, class_names: list[str], settings: EvalSettings) -> None:
         if num_classes > MAX_CLASSES:
@@ -286,6 +303,30 @@ class _Evaluator:
         self.num_classes = num_classes
         self.class_names = class_names
         self.settings = settings
+
+    def evaluate(
+        self, model: nn.Module, cases: Sequence, on_case: OnCase | None = None, progress: Progress = _no_progress
+    ) -> EvalResult:
+        """Predict and score every case of ``cases``.
+
+        Args:
+            model: the network (its train/eval mode is given back as it was).
+            cases: a reader, or a list of case items (see the evaluators' ``_score``).
+            on_case: called with each case this process predicts and its prediction (e.g. to save it).
+            progress: wraps this process's iterator of cases, given its length (e.g. tqdm).
+
+        Returns:
+            The result over all cases, in the order of ``cases`` -- on every process of a
+            torchrun launch, which each evaluated its share.
+        """
+        s = self.settings
+        if s.world_size == 1:
+            return self._score(model, progress(prefetched(cases), len(cases)), on_case)
+        mine = range(s.rank, len(cases), s.world_size)
+        part = self._score(model, progress(prefetched(cases[index] for index in mine), len(mine)), on_case)
+        parts: list[Any] = [None] * s.world_size
+        dist.all_gather_object(parts, part)
+        return type(part).merge(parts, case_names(cases))
 
 
 class VolumeEvaluator(_Evaluator):
@@ -297,27 +338,15 @@ class VolumeEvaluator(_Evaluator):
         with _EvalMode(model):
             return predict_volume(model, image, s.img_size, s.batch_size, s.device, s.amp)
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        cases: Iterable[dict],
-        on_case: OnCase | None = None,
-        progress: Callable[[Iterable], Iterable] = iter,
-    ) -> VolumeResult:
-        """Predict and score every case.
-
-        Args:
-            model: network mapping (B, 1, h, w) to logits (B, C, h, w).
-            cases: items ``{"image": (D, H, W) [0, 1], "label": (D, H, W), "case_name", "spacing"}``.
-            on_case: called with each case and its (D, H, W) prediction (e.g. to save it).
-            progress: wraps the case iterator (e.g. tqdm).
-        """
+    def _score(self, model: nn.Module, cases: Iterable[dict], on_case: OnCase | None) -> VolumeResult:
+        """Items ``{"image": (D, H, W) [0, 1], "label": (D, H, W), "case_name", "spacing"}``;
+        the metrics of a case are computed in a worker while the network predicts the next."""
         s = self.settings
         context = multiprocessing.get_context(START_METHOD)
         executor = ProcessPoolExecutor(s.workers, mp_context=context) if s.workers > 0 else None
         futures, names, example = [], [], {}
         try:
-            for case in progress(prefetched(cases)):
+            for case in cases:
                 prediction = self.predict(model, case["image"])
                 label = case["label"].astype(np.uint8)  # (ids below num_classes: the readers check)
                 futures.append(
@@ -424,7 +453,8 @@ class ImageResult:
         """One result from the parts that several processes evaluated, images in ``order``."""
         names = [name for part in parts for name in part.cases]
         rows = dict(zip(names, np.concatenate([part.counts for part in parts])))
-        return cls(parts[0].class_names, list(order), np.stack([rows[name] for name in order]), parts[0].example)
+        example = next((part.example for part in parts if part.example), {})
+        return cls(parts[0].class_names, list(order), np.stack([rows[name] for name in order]), example)
 
     def csv_rows(self) -> list[list]:
         rows: list[list] = [["case", "class", "name", *METRIC_NAMES]]
@@ -450,17 +480,10 @@ class ImageEvaluator(_Evaluator):
         with _EvalMode(model):
             return predict_image(model, image, s.img_size, s.device, s.amp)
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        cases: Iterable[dict],
-        on_case: OnCase | None = None,
-        progress: Callable[[Iterable], Iterable] = iter,
-    ) -> ImageResult:
-        """Predict and count every image of ``cases`` (items ``{"image": uint8 (H, W, 3),
-        "label": (H, W), "case_name"}``)."""
+    def _score(self, model: nn.Module, cases: Iterable[dict], on_case: OnCase | None) -> ImageResult:
+        """Items ``{"image": uint8 (H, W, 3), "label": (H, W), "case_name"}``."""
         counts, names, example = [], [], {}
-        for case in progress(prefetched(cases)):
+        for case in cases:
             prediction = self.predict(model, case["image"])
             counts.append(confusion(prediction, case["label"], self.num_classes))
             names.append(case["case_name"])

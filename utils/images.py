@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from datasets.isic import preprocess_rgb, resize_mask
-from utils.inference import autocast
+from utils.devices import autocast
 
 METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "accuracy")
 TP, FP, FN, TN = range(4)

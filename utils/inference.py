@@ -12,49 +12,16 @@ the published loop exactly.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
 
 from datasets.resize import zoom_labels
 from datasets.synapse import preprocess_batch
-from utils.errors import UserError
+from utils.devices import autocast
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Slices per forward pass when none is given: batching pays on a GPU; on a CPU it does not
-# (python -m bench.eval_speed --depth 32 --batch_size 1, then 16: our inference of a 32-slice
-# volume with DAE-Former took 12.9 s and 46.9 s on 2 threads).
-GPU_BATCH_SIZE = 16
-CPU_BATCH_SIZE = 1
 # Slices resized together (the network still sees ``batch_size`` at a time).
 RESIZE_CHUNK = 32
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def select_device(choice: str, index: int = 0) -> torch.device:
-    """The device of ``--device auto|cpu|cuda`` (auto: a CUDA GPU when one is visible);
-    ``index`` picks the GPU (a torchrun process's LOCAL_RANK)."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but no CUDA GPU is visible; use --device cpu or auto")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", index)
-
-
-def default_batch_size(device: torch.device) -> int:
-    return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``--amp bf16|fp16``, a no-op for ``off``."""
-    dtype = AMP_DTYPES[amp]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.inference_mode()

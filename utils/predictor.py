@@ -23,14 +23,44 @@ from torch import nn
 
 from datasets.catalog import IMAGES, DatasetInfo, class_names, dataset_info
 from utils.checkpoint import is_self_describing, load_checkpoint, model_from_payload
+from utils.devices import Placement, default_batch_size, select_device
 from utils.errors import UserError
-from utils.evaluation import EvalSettings, Evaluator, build_evaluator
-from utils.inference import default_batch_size, select_device
+from utils.evaluation import EvalSettings, Evaluator, Spacing, build_evaluator
 from utils.loader import DAEFORMER, load_network_class, network_arguments, to_device
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMG_SIZE = 224
+DEFAULT_DATASET = "Synapse"
+# Fields of a train.py checkpoint that must be there to rebuild and run its network.
+RECORDED_FIELDS = ("module", "model_kwargs", "model", "args")
+
+
+def recorded_settings(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What a train.py checkpoint records about its network and data: module, model_kwargs,
+    dataset, num_classes, img_size."""
+    missing = [name for name in RECORDED_FIELDS if name not in payload]
+    if missing:
+        raise UserError(f"{path} is a training checkpoint without {', '.join(missing)}; it cannot be loaded (a damaged file?)")
+    kwargs, args = payload["model_kwargs"], payload["args"]
+    return {
+        "module": payload["module"],
+        "model_kwargs": kwargs,
+        "dataset": args.get("dataset", DEFAULT_DATASET),
+        "num_classes": kwargs.get("num_classes", args.get("num_classes")),
+        "img_size": args.get("img_size") or kwargs.get("img_size") or DEFAULT_IMG_SIZE,
+    }
+
+
+def _agree(name: str, given: Any, recorded: Any, path: Path) -> None:
+    """A setting given for a train.py checkpoint must be the one it recorded."""
+    if given is None or given == recorded:
+        return
+    if name == "dataset" and str(recorded).endswith(".json") and Path(given).resolve() == Path(recorded).resolve():
+        return
+    raise UserError(
+        f"--{name} {given} contradicts {path}, which records {name} {recorded}; drop --{name} (the checkpoint decides)"
+    )
 
 
 def checked_info(dataset: str) -> DatasetInfo:
@@ -74,54 +104,61 @@ class Predictor:
         path: str | Path,
         module: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
-        dataset: str = "Synapse",
+        dataset: str | None = None,
         num_classes: int | None = None,
         img_size: int | None = None,
-        device: str = "auto",
+        device: str | torch.device = "auto",
         amp: str = "off",
         batch_size: int | None = None,
     ) -> Predictor:
         """Load a checkpoint of train.py or a plain state dict.
 
+        One rule for every setting a checkpoint records (network, constructor arguments, data set,
+        classes, input size): the checkpoint decides, and a value given here that contradicts it
+        is a UserError naming both. A plain state dict records none of them: the values given
+        here decide, with the defaults below.
+
         Args:
             path: the checkpoint file.
-            module: network class of a plain state dict (default DAE-Former); must agree with a
-                train.py checkpoint if given.
-            model_kwargs: extra constructor arguments of a plain state dict.
-            dataset: data-set name or dataset.json (a train.py checkpoint names its own).
-            num_classes: must agree with the checkpoint if given.
-            img_size: network input size (default: the checkpoint's, else 224).
-            device: "auto", "cpu" or "cuda".
+            module: network class of a plain state dict (default DAE-Former).
+            model_kwargs: constructor arguments of a plain state dict.
+            dataset: data-set name or dataset.json of a plain state dict (default Synapse).
+            num_classes: classes of a plain state dict (default: the data set's).
+            img_size: network input size of a plain state dict (default: the network's, else 224).
+            device: "auto", "cpu", "cuda" or a torch.device.
             amp: "off", "bf16" or "fp16" autocast for inference.
             batch_size: slices per forward pass (default 16 on a GPU, 1 on a CPU).
         """
         path = Path(path)
         payload = load_checkpoint(path)
+        given = {"module": module, "dataset": dataset, "num_classes": num_classes, "img_size": img_size}
         if is_self_describing(payload):
-            model = model_from_payload(payload, path, module)
+            recorded = recorded_settings(payload, path)
+            for name, value in {**given, **(model_kwargs or {})}.items():
+                _agree(name, value, recorded.get(name, recorded["model_kwargs"].get(name)), path)
+            model = model_from_payload(payload, path)
             kwargs, train_args, run_id = payload["model_kwargs"], payload["args"], payload.get("run_id")
-            info = checked_info(train_args.get("dataset", dataset))
+            info = checked_info(recorded["dataset"])
+            size = recorded["img_size"]
             logger.info("%s: %s(%s), trained for %d epoch(s)", path, payload["module"], kwargs, payload["epoch"] + 1)
         else:
             module = module or DAEFORMER  # what the published plain state dict holds
-            info = checked_info(dataset)
+            info = checked_info(dataset or DEFAULT_DATASET)
             kwargs = network_arguments(
                 load_network_class(module), num_classes or info.num_classes, img_size, info.in_chans, **(model_kwargs or {})
             )
             logger.info("%s is a plain state dict: loading it into %s(%s)", path, module, kwargs)
             model, train_args, run_id = model_from_payload(payload, path, module, kwargs), {}, None
-        predicted = kwargs["num_classes"]
-        if num_classes is not None and num_classes != predicted:
-            raise UserError(f"--num_classes {num_classes} disagrees with {path}, which predicts {predicted} classes")
-        run_device = select_device(device)
+            size = img_size or kwargs.get("img_size") or DEFAULT_IMG_SIZE
+        run_device = device if isinstance(device, torch.device) else select_device(device)
         return cls(
             model=to_device(model.eval(), run_device),
             checkpoint=path,
             model_kwargs=kwargs,
             train_args=train_args,
             info=info,
-            num_classes=predicted,
-            img_size=img_size or train_args.get("img_size") or kwargs.get("img_size") or DEFAULT_IMG_SIZE,
+            num_classes=kwargs["num_classes"],
+            img_size=size,
             device=run_device,
             amp=amp,
             batch_size=batch_size if batch_size is not None else default_batch_size(run_device),
@@ -134,12 +171,13 @@ class Predictor:
         return class_names(self.info, self.num_classes)
 
     def evaluator(
-        self, convention: str = "published", spacing: str | tuple[float, float, float] = "voxel", workers: int = 0
+        self, convention: str = "published", spacing: Spacing = "voxel", workers: int = 0, placement: Placement | None = None
     ) -> Evaluator:
-        """The evaluation engine for this network and its kind of data."""
-        settings = EvalSettings(
-            (self.img_size, self.img_size), self.batch_size, self.device, self.amp, convention, spacing, workers
-        )
+        """The evaluation engine for this network and its kind of data; ``placement`` shares the
+        cases among the processes of a torchrun launch."""
+        rank, world_size = (placement.rank, placement.world_size) if placement else (0, 1)
+        size = (self.img_size, self.img_size)
+        settings = EvalSettings(size, self.batch_size, self.device, self.amp, convention, spacing, workers, rank, world_size)
         return build_evaluator(self.info, self.num_classes, self.class_names, settings)
 
     def predict(self, data: np.ndarray) -> np.ndarray:

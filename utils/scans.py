@@ -8,10 +8,12 @@ and evaluates ``.npz`` / ``.h5`` data does not need it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from datasets.catalog import IMAGES
 from datasets.isic import read_rgb
 from utils.predictor import Predictor
 from utils.visualize import montage, overlay_rgb
@@ -83,9 +85,10 @@ def find_images(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(("_pred", "_overlay")))
 
 
-def segment_image(predictor: Predictor, path: Path, save_dir: Path) -> Path:
+def segment_image(predictor: Predictor, path: Path, save_dir: Path, save_png: bool = True) -> Path:
     """Predict one unlabeled 2D image; write ``NAME_pred.png`` (class ids) and ``NAME_overlay.png``
-    (the classes coloured over the image)."""
+    (the classes coloured over the image) -- always: they are the output (``save_png`` is there
+    for the signature :func:`unlabelled_inputs` promises)."""
     from PIL import Image
 
     rgb = read_rgb(path)
@@ -97,3 +100,14 @@ def segment_image(predictor: Predictor, path: Path, save_dir: Path) -> Path:
     )
     logger.info("%s -> %s (%d pixels labelled)", path.name, target, int((prediction > 0).sum()))
     return target
+
+
+Segmenter = Callable[[Predictor, Path, Path, bool], Path]
+
+
+def unlabelled_inputs(kind: str, path: Path) -> tuple[list[Path], Segmenter]:
+    """The unlabelled inputs at ``path`` for a kind of data -- NIfTI scans for volume data, a
+    folder of plain images for 2D image data -- and the function that segments one of them."""
+    if kind == IMAGES:
+        return find_images(path), segment_image
+    return find_nifti(path), segment_scan

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
 
-from utils.inference import autocast
+from utils.devices import autocast
 
 # The published recipe (the DAE-Former train.py): SGD with momentum 0.9 and weight decay 1e-4, poly power 0.9.
 MOMENTUM = 0.9
