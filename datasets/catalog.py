@@ -19,8 +19,6 @@ from datasets.lists import LIST_DIR, TEST_DIR, TRAIN_DIR
 VOLUMES = "volumes"  # 2D training slices (.npz), 3D test volumes (.npy.h5); Dice and HD95 per class
 IMAGES = "images"  # 2D images (.jpg) with masks (_segmentation.png); pooled pixel metrics
 KINDS = (VOLUMES, IMAGES)
-VOLUME_METRICS = ("dice", "hd95")
-SKIN_METRICS = ("dice", "iou", "sensitivity", "specificity", "accuracy")
 # The 2D image reader gives the network RGB (a grey image repeated), as ISIC's entry says.
 IMAGE_CHANNELS = 3
 DATASET_JSON = "dataset.json"
@@ -37,7 +35,6 @@ class DatasetInfo:
         list_dir: folder of the list files.
         root_path: default folder of the training data (``--root_path``).
         test_path: default folder of the test data (``--test_path`` / ``--volume_path``).
-        z_spacing: slice spacing written into saved NIfTI predictions (``--z_spacing``).
         kind: ``VOLUMES`` (Synapse format) or ``IMAGES`` (2D RGB images with masks).
         in_chans: input channels given to the network; None leaves the network's default (a
             1-channel image is repeated to what the network takes).
@@ -53,19 +50,12 @@ class DatasetInfo:
     list_dir: str
     root_path: str
     test_path: str
-    z_spacing: int = 1
     kind: str = VOLUMES
     in_chans: int | None = None
     train_list: str = "train.txt"
     test_list: str = "test_vol.txt"
     val_list: str | None = None
     intensity_clip: tuple[float, float] | None = None
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """What test.py reports for this kind of data: Dice and HD95 per class for volumes, the
-        pooled pixel metrics (utils/images.py) for images."""
-        return SKIN_METRICS if self.kind == IMAGES else VOLUME_METRICS
 
 
 DATASETS: dict[str, DatasetInfo] = {

@@ -43,7 +43,7 @@ from datasets.lists import (
     parse_slice_name,
     read_list,
 )
-from datasets.synapse import SynapseVolumes, check_arrays, load_slice
+from datasets.synapse import H5Volumes, check_arrays, load_slice
 
 # Stored intensities must lie in [0, 1]; a little slack for float rounding of the min-max scaling.
 RANGE_SLACK = 1e-3
@@ -193,7 +193,7 @@ def _list(report: Report, list_file: Path) -> list[str]:
             "list",
             list_file,
             str(error).removeprefix(f"list file {list_file} "),
-            "pass --list_dir, or write lists with python -m datasets.lists --root DATA --out LIST_DIR",
+            "pass --list_dir, or write lists with python -m datasets.prepare.synapse_lists --root DATA --out LIST_DIR",
         )
         return []
 
@@ -253,7 +253,7 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
                 "slice count",
                 list_file,
                 f"{case} has {have} slices, the standard split has {count}",
-                "use the standard lists (python -m datasets.lists --standard --out LIST_DIR) and a complete copy of the case",
+                "use the standard lists (python -m datasets.prepare.synapse_lists --standard --out LIST_DIR) and a complete copy of the case",
             )
         if not wrong:
             report.facts.append("train: the 18 cases and 2211 slices of the standard split")
@@ -266,7 +266,7 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
         return
     # The reader without its checks (all-or-nothing at construction, per item on reading):
     # _array_checks runs the same structural check on each volume and reports what it finds.
-    volumes = SynapseVolumes(test_dir, list_file, num_classes, check=False)
+    volumes = H5Volumes(test_dir, list_file, num_classes, check=False)
     spacings: dict[Path, tuple[float, float, float] | None] = {}
     depths = []
     for index, name in enumerate(volumes.names):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from datasets.lists import (
-    main,
     parse_slice_name,
     sort_slice_names,
     standard_synapse_split,
     write_synapse_lists,
 )
+from datasets.prepare.synapse_lists import main
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "lists" / "lists_Synapse"
@@ -141,3 +141,10 @@ def test_cli_writes_lists_and_reports_errors(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_old_command_forwards_to_datasets_prepare_synapse_lists(tmp_path):
+    import datasets.lists
+
+    datasets.lists.main(["--standard", "--out", str(tmp_path)])  # python -m datasets.lists, as the README had it
+    assert (tmp_path / "test_vol.txt").read_text().splitlines() == EXPECTED_TEST_ORDER

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from datasets.prepare.synapse import BTCV_TO_SYNAPSE, main
-from datasets.synapse import SynapseSlices, SynapseVolumes
+from datasets.synapse import H5Volumes, NpzSlices
 
 SHAPE = (4, 16, 16)  # (z, y, x)
 SPACING_XYZ = (0.7, 0.8, 3.0)
@@ -141,9 +141,9 @@ def test_training_slices_are_per_volume_normalised_and_renumbered(converted):
 
 def test_outputs_read_back_with_the_readers(converted):
     out, _ = converted
-    volumes = SynapseVolumes(out / "test_vol_h5", out / "lists" / "test_vol.txt", 9)
+    volumes = H5Volumes(out / "test_vol_h5", out / "lists" / "test_vol.txt", 9)
     assert volumes[0]["spacing"] == pytest.approx((3.0, 0.8, 0.7))
-    slices = SynapseSlices(out / "train_npz", out / "lists" / "train.txt", 9, img_size=(16, 16), augment=None)
+    slices = NpzSlices(out / "train_npz", out / "lists" / "train.txt", 9, img_size=(16, 16), augment=None)
     assert len(slices) == 8 and slices[7]["case_name"] == "case0050_slice003"
 
 

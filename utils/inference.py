@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets.preprocess import preprocess_batch
 from datasets.resize import zoom_labels
-from datasets.synapse import preprocess_batch
 from utils.errors import UserError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

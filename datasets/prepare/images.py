@@ -44,8 +44,9 @@ from PIL import Image, UnidentifiedImageError
 
 from datasets.catalog import DATASET_JSON, IMAGE_CHANNELS, IMAGES
 from datasets.common import DataError
-from datasets.isic import IMAGE_DIR, MASK_DIR, MASK_SUFFIX, write_isic_lists
+from datasets.isic import IMAGE_DIR, MASK_DIR, MASK_SUFFIX
 from datasets.lists import LIST_DIR, TEST_EVERY
+from datasets.prepare.isic_lists import write_isic_lists
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_TAGS = ("", "_segmentation", "_mask")  # NAME.*, NAME_segmentation.*, NAME_mask.*
