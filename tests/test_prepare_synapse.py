@@ -189,3 +189,14 @@ def test_errors(tmp_path, capsys):
     write_nifti(raw / "label0002.nii.gz", bad_ids)
     err = run_error(["--raw", str(raw), "--out", out], capsys)
     assert "label0002.nii.gz: label values span [0, 14]" in err
+
+
+def test_a_label_on_another_voxel_grid_is_refused_as_the_other_converters_do(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_case(raw, 8, wide_window_image(), all_ids_label())
+    shifted = sitk.GetImageFromArray(all_ids_label())
+    shifted.SetSpacing(SPACING_XYZ)
+    shifted.SetOrigin((40.0, 0.0, 0.0))  # 40 mm off: the label was drawn on another grid
+    sitk.WriteImage(shifted, str(raw / "label0008.nii.gz"))
+    err = run_error(["--raw", str(raw), "--out", str(tmp_path / "out")], capsys)
+    assert "img0008.nii.gz and" in err and "label0008.nii.gz differ in origin (x, y, z) mm: (0, 0, 0) vs (40, 0, 0)" in err

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from datasets.common import (
@@ -45,6 +44,7 @@ from datasets.lists import (
     write_list,
     write_synapse_lists,
 )
+from datasets.prepare.common import read_nifti_pair
 from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
@@ -154,20 +154,9 @@ def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float
         image float32 (D, H, W) in [0, 1], label float32 (D, H, W) Synapse ids, and the voxel
         spacing (z, y, x) in mm.
     """
-    try:
-        image_itk = sitk.ReadImage(str(case.image))
-        label_itk = sitk.ReadImage(str(case.label))
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "read error"
-        raise DataError(f"cannot read {case.name} ({case.image}, {case.label}): {first_line}") from error
-    image = sitk.GetArrayFromImage(image_itk)
-    label = sitk.GetArrayFromImage(label_itk)
-    if image.shape != label.shape:
-        raise DataError(
-            f"{case.image} has shape {image.shape} (z, y, x) but {case.label} has {label.shape}; they must be the same scan"
-        )
-    spacing_xyz = image_itk.GetSpacing()
-    spacing = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    # The converters' shared reader: it also refuses a label on another voxel grid (spacing,
+    # origin, direction), which reading the two files separately let through.
+    image, label, spacing = read_nifti_pair(case.image, case.label, BTCV_NUM_LABELS)
     return normalise_volume(image, CT_WINDOW), btcv_to_synapse(label, case.label), spacing
 
 
