@@ -10,6 +10,7 @@ data; its entry is built from that file, with the data folders beside it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,15 @@ def _json_error(path: Path, problem: str) -> ValueError:
     )
 
 
+def _is_window(clip: object) -> bool:
+    """Two finite numbers (not booleans, which JSON's true would be), low < high."""
+    if not isinstance(clip, list) or len(clip) != 2:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in clip):
+        return False
+    return clip[0] < clip[1]
+
+
 def load_dataset_json(path: str | Path) -> DatasetInfo:
     """The entry of a user's data set from its ``dataset.json``.
 
@@ -122,10 +132,9 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise _json_error(path, "'class_names' must be a non-empty list of names of classes 1..K")
     clip = content.get("intensity_clip")
-    if clip is not None and (
-        not isinstance(clip, list) or len(clip) != 2 or not all(isinstance(v, (int, float)) for v in clip) or clip[0] >= clip[1]
-    ):
-        raise _json_error(path, f"'intensity_clip' must be null or [low, high] with low < high, got {clip!r}")
+    if clip is not None and not _is_window(clip):
+        # NaN, an infinity or true slipped through before, and every new scan became an empty mask.
+        raise _json_error(path, f"'intensity_clip' must be null or [low, high]: two finite numbers with low < high, got {clip!r}")
     folder = path.parent
     kind = content.get("kind", VOLUMES)
     if kind not in KINDS:

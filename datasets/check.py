@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datasets.catalog import IMAGES, DatasetInfo, dataset_info
-from datasets.common import TEST, VAL, DataError
+from datasets.common import TEST, VAL, DataError, intensity_range_problem
 from datasets.isic import MASK_THRESHOLD, image_path, mask_path, read_pair
 from datasets.lists import (
     STANDARD_TEST_CASES,
@@ -45,11 +45,6 @@ from datasets.lists import (
 )
 from datasets.synapse import H5Volumes, check_arrays, load_slice
 
-# Stored intensities must lie in [0, 1]; a little slack for float rounding of the min-max scaling.
-RANGE_SLACK = 1e-3
-# Beyond these, a copy holds pixel values (0-255) or raw Hounsfield units rather than [0, 1].
-PIXEL_MAX = 255.0
-HU_LOW = -200.0
 # Voxel sizes outside this range (mm) are unit mistakes (metres, microns) or a placeholder.
 # (A 32-pixel phantom has 12.8 mm pixels, a metre-valued spacing 0.001, a micron-valued 800.)
 SPACING_MM = (0.01, 100.0)
@@ -129,19 +124,9 @@ class _Ranges:
 
 def _check_image_range(report: Report, path: Path, image: np.ndarray) -> None:
     """Flag stored intensities outside [0, 1] and say which mistake it looks like."""
-    low, high = float(image.min()), float(image.max())
-    if low >= -RANGE_SLACK and high <= 1 + RANGE_SLACK:
-        return
-    if low >= -RANGE_SLACK and high <= PIXEL_MAX:
-        fix = "it looks like 0-255 pixel values: divide the images by 255 (or re-convert the raw data)"
-    elif low < HU_LOW or high > PIXEL_MAX:
-        fix = (
-            "it looks like raw Hounsfield units: re-convert with python -m datasets.prepare.synapse "
-            "(clips to [-125, 275] HU, scales to [0, 1])"
-        )
-    else:
-        fix = "scale each volume to [0, 1] as the converters do (datasets.common.normalise_volume)"
-    report.add("image range", path, f"image values span [{low:g}, {high:g}], the network expects [0, 1]", fix)
+    problem = intensity_range_problem(float(image.min()), float(image.max()))
+    if problem is not None:
+        report.add("image range", path, *problem)
 
 
 def _check_label_ids(report: Report, path: Path, label: np.ndarray, num_classes: int) -> set[int]:

@@ -138,19 +138,36 @@ def standard_synapse_split() -> dict[str, list[str]]:
 
 
 def read_list(list_file: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a list file.
+    """Non-empty, stripped lines of a list file, read as UTF-8 with or without a byte-order mark.
 
     Raises:
-        DataError: the file is missing or lists nothing.
+        DataError: the file is missing, not UTF-8, lists nothing, or lists a name twice (a
+            repeated case would count twice in every mean).
     """
     list_file = Path(list_file)
     if not list_file.is_file():
         raise DataError(
             f"list file {list_file} does not exist; write one with python -m datasets.prepare.synapse_lists --root DATA --out LIST_DIR"
         )
-    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    # utf-8-sig drops the byte-order mark some Windows editors write, which would otherwise
+    # become an invisible character at the start of the first name.
+    try:
+        text = list_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"list file {list_file} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"list file {list_file} is empty; it should name one file per line")
+    first_line: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in first_line:
+            raise DataError(
+                f"list file {list_file} names {name} twice (entries {first_line[name]} and {number}); "
+                "a repeated case counts twice in every mean -- remove the repeat"
+            )
+        first_line[name] = number
     return names
 
 

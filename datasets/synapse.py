@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # IMAGE_MEAN, IMAGE_STD and the preprocessing are re-exported (``X as X``): code imported them
 # from here before datasets.preprocess held them.
-from datasets.common import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError
+from datasets.common import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError, intensity_range_problem
 from datasets.common import IMAGE_MEAN as IMAGE_MEAN
 from datasets.common import IMAGE_STD as IMAGE_STD
 from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name, read_list
@@ -49,6 +49,10 @@ from datasets.resize import check_size, zoom_images, zoom_labels
 
 DEFAULT_IMG_SIZE = (224, 224)
 SPATIAL_DIMS = 3  # (z, y, x)
+# The largest volume a file may declare before it is read: 2**30 voxels (4 GiB as float32), four
+# times a 1000-slice 512 x 512 whole-body CT. A corrupt or hostile header cannot make the reader
+# try to allocate more.
+MAX_VOLUME_VOXELS = 1 << 30
 # Products of the training resize. float32 halves the resize, the largest cost of a training
 # item (bench/data_speed.py), and moves intensities by < 1e-6 from scipy's zoom: far below the
 # augmentation's noise. The evaluation keeps float64 (preprocess_batch), equal to scipy.
@@ -126,6 +130,9 @@ def check_arrays(
     """
     if image.ndim != ndim:
         raise DataError(f"{path}: image has {image.ndim} dims {image.shape}, expected {ndim}")
+    if image.size == 0:
+        # A volume of 0 slices passed every other check and crashed the evaluation much later.
+        raise DataError(f"{path}: image has shape {image.shape}, which holds no voxels; re-create the file from the raw data")
     if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all():
         raise DataError(f"{path}: image holds NaN, infinite or non-numeric values; fix the file")
     if label is None:
@@ -275,6 +282,23 @@ def _h5_error(path: Path, error: Exception) -> DataError:
     return DataError(f"{path} is not a readable HDF5 file ({_one_line(error)}); re-create or re-download it")
 
 
+def _check_declared_shape(path: Path, file: h5py.File, key: str) -> None:
+    """Refuse a dataset whose declared shape is empty or above ``MAX_VOLUME_VOXELS``, before
+    reading it (h5py would try to allocate whatever the header says)."""
+    dataset = file[key]
+    shape = getattr(dataset, "shape", None)
+    if shape is None:
+        raise DataError(f"{path}: {key!r} is an HDF5 group, not an array; volume files hold 'image' and 'label' arrays")
+    voxels = int(np.prod(shape, dtype=np.float64))
+    if voxels > MAX_VOLUME_VOXELS:
+        raise DataError(
+            f"{path}: {key!r} declares shape {shape} ({voxels:.3g} voxels), above the limit of "
+            f"{MAX_VOLUME_VOXELS} (datasets.synapse.MAX_VOLUME_VOXELS); the file is corrupt or not one scan"
+        )
+    if voxels == 0:
+        raise DataError(f"{path}: {key!r} has shape {shape}, which holds no voxels; re-create the file from the raw data")
+
+
 class H5Volumes(Dataset):
     """3D volumes ``base_dir/NAME.npy.h5`` for each NAME in ``list_file``.
 
@@ -290,6 +314,9 @@ class H5Volumes(Dataset):
             and every item on read.
         require_label: if False, a file without a ``label`` dataset is accepted and its item's
             label is None (for predicting unlabeled volumes).
+        check_range: with ``check``, refuse an image outside [0, 1] (raw HU or 0-255 pixels),
+            which a network trained on [0, 1] scores as empty masks; the message is the data
+            doctor's explanation. Costs one min / max pass over the volume.
     """
 
     def __init__(
@@ -299,6 +326,7 @@ class H5Volumes(Dataset):
         num_classes: int,
         check: bool = True,
         require_label: bool = True,
+        check_range: bool = True,
     ) -> None:
         _check_num_classes(num_classes)
         self.base_dir = Path(base_dir)
@@ -306,6 +334,7 @@ class H5Volumes(Dataset):
         self.num_classes = int(num_classes)
         self.check = check
         self.require_label = require_label
+        self.check_range = check_range
         self.names = read_list(self.list_file)
         if check:
             paths = [self._path(name) for name in self.names]
@@ -346,6 +375,9 @@ class H5Volumes(Dataset):
                     raise DataError(
                         f"{path} has no {' or '.join(repr(k) for k in missing)} dataset; volume files need 'image' and 'label'"
                     )
+                for key in (IMAGE_KEY, LABEL_KEY):
+                    if key in file:
+                        _check_declared_shape(path, file, key)
                 image = file[IMAGE_KEY][()]
                 label = file[LABEL_KEY][()] if LABEL_KEY in file else None
                 spacing = _read_spacing(path, file)
@@ -353,6 +385,9 @@ class H5Volumes(Dataset):
             raise _h5_error(path, error) from error
         if self.check:
             check_arrays(path, image, label, ndim=SPATIAL_DIMS, num_classes=self.num_classes)
+            problem = intensity_range_problem(float(image.min()), float(image.max())) if self.check_range else None
+            if problem is not None:
+                raise DataError(f"{path}: {problem[0]}; {problem[1]}")
         return {
             "image": image.astype(np.float32, copy=False),
             "label": None if label is None else label.astype(np.int64),

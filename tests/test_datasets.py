@@ -287,6 +287,12 @@ BAD_VOLUMES = {
     "label too large": (dict(label=np.full((3, 6, 5), 12.0, np.float32)), "span [12, 12]"),
     "fractional label": (dict(label=np.full((3, 6, 5), 0.25, np.float32)), "non-integer"),
     "bad spacing": (dict(spacing=[1.0, -1.0]), "attribute 'spacing'"),
+    "zero slices": (dict(image=np.zeros((0, 6, 5), np.float32), label=np.zeros((0, 6, 5))), "which holds no voxels"),
+    "raw HU": (
+        dict(image=np.full((3, 6, 5), -1000.0, np.float32)),
+        "image values span [-1000, -1000], the network expects [0, 1]",
+    ),
+    "0-255 pixels": (dict(image=np.full((3, 6, 5), 200.0, np.float32)), "divide the images by 255"),
 }
 
 
@@ -367,3 +373,37 @@ def test_split_cases_on_the_standard_split():
     train, held_out = split_cases(standard_synapse_split()["train"], 2)
     assert held_out == ["case0039", "case0040"]
     assert len(train) == 2211 - 90 - 195
+
+
+def test_raw_hounsfield_units_are_refused_with_the_doctors_explanation_unless_told(tmp_path):
+    data = tmp_path / "test_vol_h5"
+    hu = np.linspace(-1024, 1500, 3 * 6 * 5, dtype=np.float32).reshape(3, 6, 5)
+    path = write_volume(data, "case0001", image=hu)
+    listed = write_list(tmp_path / "v.txt", ["case0001"])
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES), read=True)
+    assert (
+        "span [-1024, 1500]" in message and "raw Hounsfield units: re-convert with python -m datasets.prepare.synapse" in message
+    )
+    assert H5Volumes(data, listed, NUM_CLASSES, check_range=False)[0]["image"].max() == 1500  # a later flag's way round
+
+
+def test_a_declared_shape_above_the_limit_is_refused_before_reading(tmp_path):
+    data = tmp_path / "test_vol_h5"
+    data.mkdir()
+    path = data / "case0001.npy.h5"
+    with h5py.File(path, "w") as file:  # declared, never written: a 4 KiB file claiming 8 GiB
+        file.create_dataset("image", shape=(2048, 1024, 1024), dtype=np.float32, chunks=(1, 64, 64))
+        file.create_dataset("label", shape=(2048, 1024, 1024), dtype=np.float32, chunks=(1, 64, 64))
+    assert path.stat().st_size < 1 << 20
+    listed = write_list(tmp_path / "v.txt", ["case0001"])
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES), read=True)
+    assert "'image' declares shape (2048, 1024, 1024) (2.15e+09 voxels), above the limit of 1073741824" in message
+
+
+def test_a_slice_without_pixels_is_refused(tmp_path):
+    data = tmp_path / "train_npz"
+    path = write_slice(data, "case0001_slice000", image=np.zeros((0, 10), np.float32), label=np.zeros((0, 10)))
+    listed = write_list(tmp_path / "t.txt", ["case0001_slice000"])
+    assert "which holds no voxels" in expect_data_error(
+        path, lambda: NpzSlices(data, listed, NUM_CLASSES, augment=None), read=True
+    )
