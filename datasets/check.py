@@ -13,6 +13,8 @@ the image value range (a copy must hold [0, 1]), the label ids of each case (bel
 ``DATA/masks``) it checks every listed image and mask as the reader reads them. Each file is
 read by the readers' own loading code, so the doctor and training agree on what is broken (and
 once, except a 2-class mask that reads as empty: it is opened again to see its raw values).
+A conversion that never completed (a staging folder beside the data) and list files that are
+not those the conversion wrote (its ``conversion.json`` marker) are reported too.
 
 It prints one line per problem with what to do, then a summary. Exit status: 0 clean, 1 problems
 found, 2 bad flags. The checkpoint check (``--weights`` of the issue) needs the network, which
@@ -43,6 +45,7 @@ from datasets.lists import (
     parse_slice_name,
     read_list,
 )
+from datasets.prepare.staging import conversion_problems
 from datasets.synapse import H5Volumes, check_arrays, load_slice
 
 # Voxel sizes outside this range (mm) are unit mistakes (metres, microns) or a placeholder.
@@ -367,6 +370,9 @@ def check_dataset(info: DatasetInfo, root: Path, list_dir: Path, num_classes: in
     num_classes = num_classes or info.num_classes
     report = Report()
     report.facts.append(f"checking {root} (lists in {list_dir}, {num_classes} classes)")
+    # A converter stopped half-way, or lists another conversion rewrote (datasets.prepare.staging).
+    for kind, path, message, fix in conversion_problems(root):
+        report.add(kind, path, message, fix)
     list_names = [info.train_list, *([info.val_list] if info.val_list else []), info.test_list]
     if info.kind == IMAGES:
         check_images(report, root, [list_dir / name for name in list_names], num_classes)

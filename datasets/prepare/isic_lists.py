@@ -20,11 +20,8 @@ from datasets.lists import split_role, write_list
 PROG = "python -m datasets.prepare.isic_lists"
 
 
-def write_isic_lists(root: str | Path, list_dir: str | Path) -> dict[str, list[str]]:
-    """Write train / val / test lists for every image of ``root/images`` that has a mask.
-
-    Returns:
-        The names of each split.
+def image_split(root: str | Path) -> dict[str, list[str]]:
+    """The train / val / test names of every image of ``root/images`` that has a mask.
 
     Raises:
         DataError: no image with a mask in ``root``.
@@ -38,6 +35,19 @@ def write_isic_lists(root: str | Path, list_dir: str | Path) -> dict[str, list[s
     split: dict[str, list[str]] = {TRAIN: [], VAL: [], TEST: []}
     for position, name in enumerate(names, 1):
         split[split_role(position)].append(name)
+    return split
+
+
+def write_isic_lists(root: str | Path, list_dir: str | Path) -> dict[str, list[str]]:
+    """Write train / val / test lists for every image of ``root/images`` that has a mask.
+
+    Returns:
+        The names of each split.
+
+    Raises:
+        DataError: no image with a mask in ``root``.
+    """
+    split = image_split(root)
     for role, file_name in LIST_NAMES.items():
         write_list(Path(list_dir) / file_name, split[role])
     return split
