@@ -349,18 +349,23 @@ class H5Volumes(Dataset):
         return (IMAGE_KEY, LABEL_KEY) if self.require_label else (IMAGE_KEY,)
 
     def _check_keys(self, path: Path) -> None:
+        """The start-up check: the datasets exist and declare a readable, non-empty shape (the
+        header only, so a 0-slice volume stops a run at start, not at its first evaluation)."""
         try:
             with h5py.File(path, "r", locking=False) as file:
                 keys = list(file.keys())
+                missing = [key for key in self._required_keys() if key not in keys]
+                if missing:
+                    raise DataError(
+                        f"{path} has no {' or '.join(repr(k) for k in missing)} dataset (found {keys}); "
+                        "volume files need 'image' and 'label' (pass require_label=False for "
+                        "unlabeled volumes)"
+                    )
+                for key in (IMAGE_KEY, LABEL_KEY):
+                    if key in file:
+                        _check_declared_shape(path, file, key)
         except OSError as error:
             raise _h5_error(path, error) from error
-        missing = [key for key in self._required_keys() if key not in keys]
-        if missing:
-            raise DataError(
-                f"{path} has no {' or '.join(repr(k) for k in missing)} dataset (found {keys}); "
-                "volume files need 'image' and 'label' (pass require_label=False for "
-                "unlabeled volumes)"
-            )
 
     def __len__(self) -> int:
         return len(self.names)

@@ -407,3 +407,12 @@ def test_a_slice_without_pixels_is_refused(tmp_path):
     assert "which holds no voxels" in expect_data_error(
         path, lambda: NpzSlices(data, listed, NUM_CLASSES, augment=None), read=True
     )
+
+
+def test_a_zero_slice_volume_stops_the_start_up_check_before_any_read(tmp_path):
+    data = tmp_path / "test_vol_h5"
+    write_volume(data, "case0001")
+    path = write_volume(data, "case0002", image=np.zeros((0, 6, 5), np.float32), label=np.zeros((0, 6, 5), np.float32))
+    listed = write_list(tmp_path / "v.txt", ["case0001", "case0002"])
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES))  # construction only
+    assert message == f"{path}: 'image' has shape (0, 6, 5), which holds no voxels; re-create the file from the raw data"
