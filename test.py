@@ -46,7 +46,7 @@ from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
 from utils.predictor import Predictor
 from utils.runs import ARGS_FILE, latest_run_id
-from utils.scans import PREDICTION_SUFFIX, save_nifti, unlabelled_inputs
+from utils.scans import PREDICTION_SUFFIX, classify_volume_path, save_nifti, segmenter
 from utils.visualize import montage
 
 logger = logging.getLogger("test")
@@ -221,14 +221,14 @@ def run(args: argparse.Namespace) -> None:
         logger.info(note)
     torch.backends.cudnn.deterministic = bool(args.deterministic)
     predictor = load(args, placement)
-    test_path = Path(args.test_path or predictor.info.test_path)
-    inputs, segment = unlabelled_inputs(predictor.info.kind, test_path)
-    if inputs:
-        logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(inputs), test_path)
-        for path in tqdm(inputs[placement.rank :: placement.world_size], desc="inputs", leave=False):
+    target = classify_volume_path(args.test_path or predictor.info.test_path, predictor.info.kind, "--test_path")
+    if target.files:
+        logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(target.files), target.folder)
+        segment = segmenter(predictor.info.kind)
+        for path in tqdm(target.files[placement.rank :: placement.world_size], desc="inputs", leave=False):
             segment(predictor, path, save_dir, args.save_png)
         return
-    evaluate(args, predictor, placement, test_path, spacing, save_dir)
+    evaluate(args, predictor, placement, target.folder, spacing, save_dir)
 
 
 def evaluate(

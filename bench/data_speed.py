@@ -5,7 +5,7 @@ published order, in the same run.
     python -m bench.data_speed --slices 10 --augment daeformer
 
 Writes ``--slices`` 512x512 phantom slices (``datasets.synthetic.synapse``) as .npz into a
-temporary folder, then reads every one through ``SynapseSlices`` -- load, check, resize,
+temporary folder, then reads every one through ``NpzSlices`` -- load, check, resize,
 augment, normalise, exactly what a DataLoader worker does -- in one process with one torch
 thread, so the figure is per worker and comparable across machines:
 
@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from bench.common import cpu_name, markdown_table  # noqa: E402
 from datasets.augment import AUGMENTATIONS  # noqa: E402
-from datasets.synapse import SynapseSlices  # noqa: E402
+from datasets.synapse import NpzSlices  # noqa: E402
 from datasets.synthetic.synapse import make_case  # noqa: E402
 
 NUM_CLASSES = 9
@@ -56,7 +56,7 @@ def write_slices(folder: Path, count: int, size: int, seed: int) -> Path:
     return list_file
 
 
-def time_pass(dataset: SynapseSlices) -> tuple[int, float]:
+def time_pass(dataset: NpzSlices) -> tuple[int, float]:
     """Read every item once after one warm-up item; (items read, seconds)."""
     dataset[0]
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def run(slices: int, size: int, img_size: int, augmentations: Sequence[str], rep
         for name in augmentations:
             row = {"augment": name}
             for key, augment_first in (("published", True), ("ours", False)):
-                dataset = SynapseSlices(
+                dataset = NpzSlices(
                     folder, list_file, NUM_CLASSES, (img_size, img_size), augment=name, augment_first=augment_first
                 )
                 torch.manual_seed(seed)

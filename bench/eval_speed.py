@@ -24,7 +24,7 @@ import torch
 
 from bench.common import cpu_name, markdown_table
 from bench.metric_speed import SYNAPSE_DEPTH, SYNAPSE_SIZE, make_case, time_metrics
-from datasets.synapse import preprocess_slice, resize_label
+from datasets.preprocess import preprocess_slice, resize_label
 from utils import build_network, load_network_class, network_arguments, to_device
 from utils.inference import predict_volume
 from utils.loader import DAEFORMER

@@ -38,14 +38,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import cpu_name, logical_cpus, markdown_table  # noqa: E402
+from datasets.common import IMAGE_MEAN, IMAGE_STD  # noqa: E402
+from datasets.preprocess import preprocess_slice, resize_label, resize_labels  # noqa: E402
 from datasets.resize import zoom_images  # noqa: E402
-from datasets.synapse import (  # noqa: E402
-    IMAGE_MEAN,
-    IMAGE_STD,
-    preprocess_slice,
-    resize_label,
-    resize_labels,
-)
 from datasets.synthetic.synapse import make_case  # noqa: E402
 from utils.inference import predict_volume  # noqa: E402
 

@@ -31,7 +31,7 @@ multiplies by alpha. Change ``NOISE_STD`` / ``CONTRAST_CENTRE`` to depart from t
 along a random axis; otherwise, with p=0.5, a rotation by a whole number of degrees within
 +-20 (image spline order 3, label order 0).
 
-Augmenting after the resize. ``datasets.synapse.SynapseSlices`` resizes a slice to the network
+Augmenting after the resize. ``datasets.synapse.NpzSlices`` resizes a slice to the network
 size first and augments it there, which costs a fifth of augmenting a 512x512 slice and then
 resizing it (the published order; ``augment_first=True`` keeps it). Geometric operations,
 flips, contrast and the TransUNet recipe are defined in fractions of the slice, so their

@@ -10,6 +10,7 @@ data; its entry is built from that file, with the data folders beside it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,6 @@ from datasets.lists import LIST_DIR, TEST_DIR, TRAIN_DIR
 VOLUMES = "volumes"  # 2D training slices (.npz), 3D test volumes (.npy.h5); Dice and HD95 per class
 IMAGES = "images"  # 2D images (.jpg) with masks (_segmentation.png); pooled pixel metrics
 KINDS = (VOLUMES, IMAGES)
-VOLUME_METRICS = ("dice", "hd95")
-SKIN_METRICS = ("dice", "iou", "sensitivity", "specificity", "accuracy")
 # The 2D image reader gives the network RGB (a grey image repeated), as ISIC's entry says.
 IMAGE_CHANNELS = 3
 DATASET_JSON = "dataset.json"
@@ -37,7 +36,6 @@ class DatasetInfo:
         list_dir: folder of the list files.
         root_path: default folder of the training data (``--root_path``).
         test_path: default folder of the test data (``--test_path`` / ``--volume_path``).
-        z_spacing: slice spacing written into saved NIfTI predictions (``--z_spacing``).
         kind: ``VOLUMES`` (Synapse format) or ``IMAGES`` (2D RGB images with masks).
         in_chans: input channels given to the network; None leaves the network's default (a
             1-channel image is repeated to what the network takes).
@@ -53,19 +51,12 @@ class DatasetInfo:
     list_dir: str
     root_path: str
     test_path: str
-    z_spacing: int = 1
     kind: str = VOLUMES
     in_chans: int | None = None
     train_list: str = "train.txt"
     test_list: str = "test_vol.txt"
     val_list: str | None = None
     intensity_clip: tuple[float, float] | None = None
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """What test.py reports for this kind of data: Dice and HD95 per class for volumes, the
-        pooled pixel metrics (utils/images.py) for images."""
-        return SKIN_METRICS if self.kind == IMAGES else VOLUME_METRICS
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -109,6 +100,15 @@ def _json_error(path: Path, problem: str) -> ValueError:
     )
 
 
+def _is_window(clip: object) -> bool:
+    """Two finite numbers (not booleans, which JSON's true would be), low < high."""
+    if not isinstance(clip, list) or len(clip) != 2:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in clip):
+        return False
+    return clip[0] < clip[1]
+
+
 def load_dataset_json(path: str | Path) -> DatasetInfo:
     """The entry of a user's data set from its ``dataset.json``.
 
@@ -132,10 +132,9 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise _json_error(path, "'class_names' must be a non-empty list of names of classes 1..K")
     clip = content.get("intensity_clip")
-    if clip is not None and (
-        not isinstance(clip, list) or len(clip) != 2 or not all(isinstance(v, (int, float)) for v in clip) or clip[0] >= clip[1]
-    ):
-        raise _json_error(path, f"'intensity_clip' must be null or [low, high] with low < high, got {clip!r}")
+    if clip is not None and not _is_window(clip):
+        # NaN, an infinity or true slipped through before, and every new scan became an empty mask.
+        raise _json_error(path, f"'intensity_clip' must be null or [low, high]: two finite numbers with low < high, got {clip!r}")
     folder = path.parent
     kind = content.get("kind", VOLUMES)
     if kind not in KINDS:

@@ -13,6 +13,8 @@ the image value range (a copy must hold [0, 1]), the label ids of each case (bel
 ``DATA/masks``) it checks every listed image and mask as the reader reads them. Each file is
 read by the readers' own loading code, so the doctor and training agree on what is broken (and
 once, except a 2-class mask that reads as empty: it is opened again to see its raw values).
+A conversion that never completed (a staging folder beside the data) and list files that are
+not those the conversion wrote (its ``conversion.json`` marker) are reported too.
 
 It prints one line per problem with what to do, then a summary. Exit status: 0 clean, 1 problems
 found, 2 bad flags. The checkpoint check (``--weights`` of the issue) needs the network, which
@@ -32,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from datasets.catalog import IMAGES, DatasetInfo, dataset_info
-from datasets.common import TEST, VAL, DataError
+from datasets.common import TEST, VAL, DataError, intensity_range_problem
 from datasets.isic import MASK_THRESHOLD, image_path, mask_path, read_pair
 from datasets.lists import (
     STANDARD_TEST_CASES,
@@ -43,13 +45,9 @@ from datasets.lists import (
     parse_slice_name,
     read_list,
 )
-from datasets.synapse import SynapseVolumes, check_arrays, load_slice
+from datasets.prepare.staging import conversion_problems
+from datasets.synapse import H5Volumes, check_arrays, load_slice
 
-# Stored intensities must lie in [0, 1]; a little slack for float rounding of the min-max scaling.
-RANGE_SLACK = 1e-3
-# Beyond these, a copy holds pixel values (0-255) or raw Hounsfield units rather than [0, 1].
-PIXEL_MAX = 255.0
-HU_LOW = -200.0
 # Voxel sizes outside this range (mm) are unit mistakes (metres, microns) or a placeholder.
 # (A 32-pixel phantom has 12.8 mm pixels, a metre-valued spacing 0.001, a micron-valued 800.)
 SPACING_MM = (0.01, 100.0)
@@ -129,19 +127,9 @@ class _Ranges:
 
 def _check_image_range(report: Report, path: Path, image: np.ndarray) -> None:
     """Flag stored intensities outside [0, 1] and say which mistake it looks like."""
-    low, high = float(image.min()), float(image.max())
-    if low >= -RANGE_SLACK and high <= 1 + RANGE_SLACK:
-        return
-    if low >= -RANGE_SLACK and high <= PIXEL_MAX:
-        fix = "it looks like 0-255 pixel values: divide the images by 255 (or re-convert the raw data)"
-    elif low < HU_LOW or high > PIXEL_MAX:
-        fix = (
-            "it looks like raw Hounsfield units: re-convert with python -m datasets.prepare.synapse "
-            "(clips to [-125, 275] HU, scales to [0, 1])"
-        )
-    else:
-        fix = "scale each volume to [0, 1] as the converters do (datasets.common.normalise_volume)"
-    report.add("image range", path, f"image values span [{low:g}, {high:g}], the network expects [0, 1]", fix)
+    problem = intensity_range_problem(float(image.min()), float(image.max()))
+    if problem is not None:
+        report.add("image range", path, *problem)
 
 
 def _check_label_ids(report: Report, path: Path, label: np.ndarray, num_classes: int) -> set[int]:
@@ -193,7 +181,7 @@ def _list(report: Report, list_file: Path) -> list[str]:
             "list",
             list_file,
             str(error).removeprefix(f"list file {list_file} "),
-            "pass --list_dir, or write lists with python -m datasets.lists --root DATA --out LIST_DIR",
+            "pass --list_dir, or write lists with python -m datasets.prepare.synapse_lists --root DATA --out LIST_DIR",
         )
         return []
 
@@ -253,7 +241,7 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
                 "slice count",
                 list_file,
                 f"{case} has {have} slices, the standard split has {count}",
-                "use the standard lists (python -m datasets.lists --standard --out LIST_DIR) and a complete copy of the case",
+                "use the standard lists (python -m datasets.prepare.synapse_lists --standard --out LIST_DIR) and a complete copy of the case",
             )
         if not wrong:
             report.facts.append("train: the 18 cases and 2211 slices of the standard split")
@@ -266,7 +254,7 @@ def check_volumes(report: Report, test_dir: Path, list_file: Path, num_classes: 
         return
     # The reader without its checks (all-or-nothing at construction, per item on reading):
     # _array_checks runs the same structural check on each volume and reports what it finds.
-    volumes = SynapseVolumes(test_dir, list_file, num_classes, check=False)
+    volumes = H5Volumes(test_dir, list_file, num_classes, check=False)
     spacings: dict[Path, tuple[float, float, float] | None] = {}
     depths = []
     for index, name in enumerate(volumes.names):
@@ -382,6 +370,9 @@ def check_dataset(info: DatasetInfo, root: Path, list_dir: Path, num_classes: in
     num_classes = num_classes or info.num_classes
     report = Report()
     report.facts.append(f"checking {root} (lists in {list_dir}, {num_classes} classes)")
+    # A converter stopped half-way, or lists another conversion rewrote (datasets.prepare.staging).
+    for kind, path, message, fix in conversion_problems(root):
+        report.add(kind, path, message, fix)
     list_names = [info.train_list, *([info.val_list] if info.val_list else []), info.test_list]
     if info.kind == IMAGES:
         check_images(report, root, [list_dir / name for name in list_names], num_classes)

@@ -29,6 +29,33 @@ HU_MIN = -125.0
 HU_MAX = 275.0
 CT_WINDOW = (HU_MIN, HU_MAX)
 
+# Stored intensities must lie in [0, 1]; a little slack for float rounding of the min-max scaling.
+RANGE_SLACK = 1e-3
+# Beyond these, a copy holds pixel values (0-255) or raw Hounsfield units rather than [0, 1].
+PIXEL_MAX = 255.0
+HU_LOW = -200.0
+
+
+def intensity_range_problem(low: float, high: float) -> tuple[str, str] | None:
+    """What is wrong with stored intensities spanning [low, high], and the fix; None in [0, 1].
+
+    Shared by the data doctor and the evaluation reader so both explain a wrongly scaled copy
+    alike: a network trained on [0, 1] scores raw HU or 0-255 pixels as empty masks.
+    """
+    if low >= -RANGE_SLACK and high <= 1 + RANGE_SLACK:
+        return None
+    if low >= -RANGE_SLACK and high <= PIXEL_MAX:
+        fix = "it looks like 0-255 pixel values: divide the images by 255 (or re-convert the raw data)"
+    elif low < HU_LOW or high > PIXEL_MAX:
+        fix = (
+            "it looks like raw Hounsfield units: re-convert with python -m datasets.prepare.synapse "
+            "(clips to [-125, 275] HU, scales to [0, 1])"
+        )
+    else:
+        fix = "scale each volume to [0, 1] as the converters do (datasets.common.normalise_volume)"
+    return f"image values span [{low:g}, {high:g}], the network expects [0, 1]", fix
+
+
 # Roles of a case in a split.
 TRAIN, VAL, TEST = "train", "val", "test"
 

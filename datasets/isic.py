@@ -13,15 +13,17 @@ classes). The network sees the image resized (bilinear) to the input size, scale
 normalised as (x - 0.5) / 0.5 like the volume readers; the mask is resized with nearest
 neighbour.
 
-CLI, to write the 70 / 10 / 20 split lists (``datasets.lists.split_role`` on the 1-based
-position in sorted name order) for the images a folder holds::
+The readers are named by what they read: ``ImagePairs`` (training: resized, augmented image
+and mask pairs) and ``ImageCases`` (evaluation: each image and mask at its own size). They
+serve any 2D image data set in this layout (``datasets.prepare.images`` writes it), not skin
+images only; the old names ``SkinImages`` / ``SkinCases`` stay as aliases.
 
-    python -m datasets.isic --root data/ISIC2018 --out lists/lists_ISIC2018
+The lists for a folder are written by ``python -m datasets.prepare.isic_lists --root DATA --out
+LIST_DIR`` (``python -m datasets.isic`` forwards to it).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +33,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datasets.catalog import DATASETS
-from datasets.common import IMAGE_MEAN, IMAGE_STD, TEST, TRAIN, VAL, DataError
-from datasets.lists import read_list, split_role, write_list
+from datasets.common import TEST, TRAIN, VAL, DataError
+from datasets.lists import read_list
+
+# Re-exported (``X as X``): utils.images imported it from here before datasets.preprocess held it.
+from datasets.preprocess import preprocess_rgb as preprocess_rgb
 
 IMAGE_DIR = "images"
 MASK_DIR = "masks"
@@ -41,7 +46,6 @@ IMAGE_SUFFIX = ".jpg"
 IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".png")
 MASK_SUFFIX = "_segmentation.png"
 MASK_THRESHOLD = 128
-RGB_MAX = 255.0
 ISIC = DATASETS["ISIC2018"]
 LIST_NAMES = {TRAIN: ISIC.train_list, VAL: ISIC.val_list, TEST: ISIC.test_list}
 
@@ -95,23 +99,6 @@ def read_pair(root: str | Path, name: str, num_classes: int = 2) -> tuple[np.nda
     return rgb, mask.astype(np.int64)
 
 
-def preprocess_rgb(rgb: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
-    """Resize an RGB image (bilinear) and normalise it for the network.
-
-    Args:
-        rgb: uint8 (H, W, 3).
-        img_size: (S_h, S_w).
-
-    Returns:
-        float32 (3, S_h, S_w): ``(x / 255 - IMAGE_MEAN) / IMAGE_STD``.
-    """
-    size = (int(img_size[1]), int(img_size[0]))
-    if rgb.shape[1::-1] != size:
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-    image = rgb.astype(np.float32).transpose(2, 0, 1) / RGB_MAX
-    return ((image - IMAGE_MEAN) / IMAGE_STD).astype(np.float32)
-
-
 def resize_mask(label: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
     """Resize a label map (H, W) to (S_h, S_w) with nearest neighbour; int64."""
     size = (int(img_size[1]), int(img_size[0]))
@@ -129,7 +116,7 @@ def _flip_rotate(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.n
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
-class SkinImages(Dataset):
+class ImagePairs(Dataset):
     """Training images ``root/images/NAME.jpg`` with masks, for each NAME in ``list_file``.
 
     Each item is ``{"image": float32 tensor (3, S_h, S_w), "label": int64 tensor (S_h, S_w),
@@ -172,7 +159,7 @@ class SkinImages(Dataset):
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "case_name": name}
 
 
-class SkinCases(Dataset):
+class ImageCases(Dataset):
     """Evaluation images at their own size: items ``{"image": uint8 (H, W, 3), "label": int64
     (H, W), "case_name": NAME}`` as numpy arrays."""
 
@@ -196,40 +183,24 @@ class SkinCases(Dataset):
 
 
 def write_isic_lists(root: str | Path, list_dir: str | Path) -> dict[str, list[str]]:
-    """Write train / val / test lists for every image of ``root/images`` that has a mask.
+    """Forward to ``datasets.prepare.isic_lists.write_isic_lists``, its home since list writing
+    moved under ``datasets.prepare`` (imported on call: that module imports this one)."""
+    from datasets.prepare.isic_lists import write_isic_lists as write
 
-    Returns:
-        The names of each split.
-
-    Raises:
-        DataError: no image with a mask in ``root``.
-    """
-    folder = Path(root) / IMAGE_DIR
-    found = {p.name[: -len(s)] for s in IMAGE_SUFFIXES for p in folder.glob("*" + s)} if folder.is_dir() else set()
-    names = sorted(found)
-    names = [name for name in names if mask_path(root, name).is_file()]
-    if not names:
-        raise DataError(f"{folder} holds no NAME{IMAGE_SUFFIX} with a {MASK_DIR}/NAME{MASK_SUFFIX}; check --root")
-    split: dict[str, list[str]] = {TRAIN: [], VAL: [], TEST: []}
-    for position, name in enumerate(names, 1):
-        split[split_role(position)].append(name)
-    for role, file_name in LIST_NAMES.items():
-        write_list(Path(list_dir) / file_name, split[role])
-    return split
+    return write(root, list_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m datasets.isic", description="Write 70/10/20 train/val/test lists for an images/ + masks/ folder."
-    )
-    parser.add_argument("--root", required=True, type=Path, help="folder holding images/ and masks/")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write train.txt, val.txt, test.txt into")
-    args = parser.parse_args(argv)
-    try:
-        split = write_isic_lists(args.root, args.out)
-    except DataError as error:
-        parser.exit(2, f"error: {error}\n")
-    print(", ".join(f"{len(names)} {role}" for role, names in split.items()) + f" images; lists in {args.out}")
+    """``python -m datasets.isic`` as the README showed it: forwards to
+    ``python -m datasets.prepare.isic_lists``."""
+    from datasets.prepare.isic_lists import main as lists_main
+
+    lists_main(argv)
+
+
+# The names before the readers were named by their format; kept for a release.
+SkinImages = ImagePairs
+SkinCases = ImageCases
 
 
 if __name__ == "__main__":

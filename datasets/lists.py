@@ -11,15 +11,13 @@ extension:
 ``standard_synapse_split`` is the split every Synapse paper uses (the TransUNet lists);
 ``write_synapse_lists`` writes lists for whatever a folder holds.
 
-CLI, to write lists for your own data folder, or to regenerate the committed standard lists::
-
-    python -m datasets.lists --root data/Synapse --out lists/my_lists
-    python -m datasets.lists --standard --out lists/lists_Synapse
+The command that writes lists for your own data folder, or regenerates the committed standard
+lists, is ``python -m datasets.prepare.synapse_lists`` (``python -m datasets.lists`` forwards to
+it).
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,19 +138,36 @@ def standard_synapse_split() -> dict[str, list[str]]:
 
 
 def read_list(list_file: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a list file.
+    """Non-empty, stripped lines of a list file, read as UTF-8 with or without a byte-order mark.
 
     Raises:
-        DataError: the file is missing or lists nothing.
+        DataError: the file is missing, not UTF-8, lists nothing, or lists a name twice (a
+            repeated case would count twice in every mean).
     """
     list_file = Path(list_file)
     if not list_file.is_file():
         raise DataError(
-            f"list file {list_file} does not exist; write one with python -m datasets.lists --root DATA --out LIST_DIR"
+            f"list file {list_file} does not exist; write one with python -m datasets.prepare.synapse_lists --root DATA --out LIST_DIR"
         )
-    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    # utf-8-sig drops the byte-order mark some Windows editors write, which would otherwise
+    # become an invisible character at the start of the first name.
+    try:
+        text = list_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"list file {list_file} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"list file {list_file} is empty; it should name one file per line")
+    first_line: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in first_line:
+            raise DataError(
+                f"list file {list_file} names {name} twice (entries {first_line[name]} and {number}); "
+                "a repeated case counts twice in every mean -- remove the repeat"
+            )
+        first_line[name] = number
     return names
 
 
@@ -211,31 +226,13 @@ def write_synapse_lists(data_root: str | Path, list_dir: str | Path) -> tuple[Pa
     return write_list(list_dir / TRAIN_LIST, train), write_list(list_dir / TEST_LIST, test)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m datasets.lists",
-        description="Write train.txt and test_vol.txt for a Synapse-format data folder.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--root", type=Path, help="data folder holding train_npz/ and test_vol_h5/: list its files")
-    source.add_argument(
-        "--standard", action="store_true", help="write the standard Synapse split (train.txt, test_vol.txt, all.lst)"
-    )
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the lists into")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.standard:
-            written = write_standard_lists(args.out)
-        else:
-            written = write_synapse_lists(args.root, args.out)
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(2, f"error: {error}\n")
-    print("wrote " + ", ".join(str(path) for path in written))
+    """``python -m datasets.lists`` as the README showed it: forwards to
+    ``python -m datasets.prepare.synapse_lists``, the home of list writing since it moved under
+    ``datasets.prepare`` (imported on call: that module imports this one)."""
+    from datasets.prepare.synapse_lists import main as lists_main
+
+    lists_main(argv)
 
 
 if __name__ == "__main__":

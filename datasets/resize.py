@@ -111,7 +111,7 @@ def zoom_images(images: torch.Tensor, size: Sequence[int], compute_dtype: torch.
 
     Equal to ``zoom(images[b], (S_h / H, S_w / W), order=3)`` for each b, to about one rounding
     of the output dtype when ``compute_dtype`` is float64. Returned unchanged (not copied)
-    when the batch already has that size, as ``datasets.synapse.preprocess_slice`` does.
+    when the batch already has that size, as ``datasets.preprocess.preprocess_slice`` does.
 
     Args:
         images: (B, H, W) floating point, on any device.

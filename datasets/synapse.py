@@ -1,4 +1,7 @@
-"""Readers for Synapse-format data: 2D training slices (.npz) and 3D test volumes (.npy.h5).
+"""Readers for the Synapse file layout, named by the formats they read: 2D training slices
+(``NpzSlices``, .npz) and 3D evaluation volumes (``H5Volumes``, .npy.h5). They serve every data
+set converted to this layout (Synapse, ACDC, a user's NIfTI folders), not Synapse only; the old
+names ``SynapseSlices`` / ``SynapseVolumes`` stay as aliases.
 
 Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare.synapse``)::
 
@@ -9,12 +12,9 @@ Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare
 Images hold CT intensities normalised to [0, 1]; labels hold class ids (stored as float32 in
 the common copies; any dtype with whole-number values is accepted and returned as int64).
 
-``preprocess_slice`` / ``resize_label`` are the reference: one slice, scipy ``zoom``, as the
-published protocol. ``preprocess_batch`` / ``resize_labels`` do the same to a whole batch of
-slices with torch on any device (``datasets.resize``), equal to the reference to float32
-rounding for images and exactly for labels. The evaluation (``utils.inference.predict_volume``)
-calls ``preprocess_batch``, and ``datasets.resize.zoom_labels`` directly on uint8 labels, of
-which ``resize_labels`` is the int64 form.
+The network's input preprocessing lives in ``datasets.preprocess`` (shared with the
+evaluation); ``preprocess_slice``, ``preprocess_batch``, ``resize_label`` and ``resize_labels``
+are re-exported here for code written against this module.
 
 Every malformed input raises ``DataError`` with a one-line message naming the file.
 """
@@ -31,104 +31,32 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 import torch
-from scipy.ndimage import zoom
 from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
     from datasets.augment import Augmentation
 
-from datasets.common import (
-    IMAGE_KEY,
-    IMAGE_MEAN,
-    IMAGE_STD,
-    LABEL_KEY,
-    SPACING_ATTR,
-    DataError,
-)
+# IMAGE_MEAN, IMAGE_STD and the preprocessing are re-exported (``X as X``): code imported them
+# from here before datasets.preprocess held them.
+from datasets.common import IMAGE_KEY, LABEL_KEY, SPACING_ATTR, DataError, intensity_range_problem
+from datasets.common import IMAGE_MEAN as IMAGE_MEAN
+from datasets.common import IMAGE_STD as IMAGE_STD
 from datasets.lists import SLICE_SUFFIX, VOLUME_SUFFIX, parse_slice_name, read_list
-from datasets.resize import NEAREST_ORDER, SPLINE_ORDER, check_batch, check_size, zoom_images, zoom_labels
+from datasets.preprocess import normalise, preprocess_slice, resize_label
+from datasets.preprocess import preprocess_batch as preprocess_batch
+from datasets.preprocess import resize_labels as resize_labels
+from datasets.resize import check_size, zoom_images, zoom_labels
 
 DEFAULT_IMG_SIZE = (224, 224)
 SPATIAL_DIMS = 3  # (z, y, x)
+# The largest volume a file may declare before it is read: 2**30 voxels (4 GiB as float32), four
+# times a 1000-slice 512 x 512 whole-body CT. A corrupt or hostile header cannot make the reader
+# try to allocate more.
+MAX_VOLUME_VOXELS = 1 << 30
 # Products of the training resize. float32 halves the resize, the largest cost of a training
 # item (bench/data_speed.py), and moves intensities by < 1e-6 from scipy's zoom: far below the
 # augmentation's noise. The evaluation keeps float64 (preprocess_batch), equal to scipy.
 TRAINING_ZOOM_PRODUCTS = torch.float32
-
-
-def _resize(array: np.ndarray, img_size: Sequence[int], order: int) -> np.ndarray:
-    """``zoom`` a 2D array to ``img_size`` with spline ``order``; unchanged if already that size."""
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2D slice (H, W), got shape {array.shape}")
-    size = check_size(img_size, "img_size")
-    if array.shape == size:
-        return array
-    return zoom(array, (size[0] / array.shape[0], size[1] / array.shape[1]), order=order)
-
-
-def preprocess_slice(image: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
-    """Resize a slice for the network and normalise it.
-
-    Args:
-        image: (H, W) intensities in [0, 1].
-        img_size: (S_h, S_w) network input size.
-
-    Returns:
-        float32 (S_h, S_w): ``zoom(image, order=3)`` (skipped when already that size), then
-        ``(x - IMAGE_MEAN) / IMAGE_STD``.
-    """
-    image = _resize(np.asarray(image, dtype=np.float32), img_size, SPLINE_ORDER)
-    return ((image - IMAGE_MEAN) / IMAGE_STD).astype(np.float32, copy=False)
-
-
-def resize_label(label: np.ndarray, img_size: Sequence[int]) -> np.ndarray:
-    """Resize a label map with nearest neighbour (``zoom`` order 0).
-
-    Args:
-        label: (H, W) integer class ids.
-        img_size: (S_h, S_w).
-
-    Returns:
-        int64 (S_h, S_w).
-    """
-    return _resize(np.asarray(label, dtype=np.int64), img_size, NEAREST_ORDER)
-
-
-def preprocess_batch(images: torch.Tensor, img_size: Sequence[int]) -> torch.Tensor:
-    """``preprocess_slice`` for a batch of slices, in torch on the batch's device.
-
-    Args:
-        images: (B, H, W) intensities in [0, 1], any floating dtype, any device.
-        img_size: (S_h, S_w) network input size.
-
-    Returns:
-        float32 (B, 1, S_h, S_w) on the device of ``images``: each slice equal to
-        ``preprocess_slice(images[b], img_size)`` to within a float32 rounding or two (the
-        zoom is computed in float64, as scipy does; see ``datasets.resize``).
-    """
-    check_batch(images, "images")
-    size = check_size(img_size, "img_size")
-    resized = zoom_images(images.float(), size)
-    return ((resized - IMAGE_MEAN) / IMAGE_STD).unsqueeze(1)
-
-
-def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``resize_label`` for a batch of label maps, in torch on the batch's device.
-
-    Typically brings the network's (B, S_h, S_w) argmax back to the volume's (H, W).
-
-    Args:
-        labels: (B, h, w) integer class ids, any device.
-        size: (H, W) output size.
-
-    Returns:
-        int64 (B, H, W) on the device of ``labels``, element for element equal to
-        ``resize_label(labels[b], size)``.
-    """
-    check_batch(labels, "labels")
-    if labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be an integer tensor of class ids, got {labels.dtype}")
-    return zoom_labels(labels.long(), size)
 
 
 def _check_existing(paths: Sequence[Path], list_file: Path) -> None:
@@ -202,6 +130,9 @@ def check_arrays(
     """
     if image.ndim != ndim:
         raise DataError(f"{path}: image has {image.ndim} dims {image.shape}, expected {ndim}")
+    if image.size == 0:
+        # A volume of 0 slices passed every other check and crashed the evaluation much later.
+        raise DataError(f"{path}: image has shape {image.shape}, which holds no voxels; re-create the file from the raw data")
     if not np.issubdtype(image.dtype, np.number) or not np.isfinite(image).all():
         raise DataError(f"{path}: image holds NaN, infinite or non-numeric values; fix the file")
     if label is None:
@@ -233,7 +164,7 @@ def _check_num_classes(num_classes: int) -> None:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
 
-class SynapseSlices(Dataset):
+class NpzSlices(Dataset):
     """2D training slices ``base_dir/NAME.npz`` for each NAME in ``list_file``.
 
     Each item is ``{"image": float32 tensor (1, S_h, S_w), "label": int64 tensor (S_h, S_w),
@@ -330,7 +261,7 @@ class SynapseSlices(Dataset):
             label = label.astype(np.int64)
             if augment is not None:
                 image, label = augment(image, label)
-            image = ((image - IMAGE_MEAN) / IMAGE_STD).astype(np.float32, copy=False)
+            image = normalise(image)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
@@ -351,7 +282,24 @@ def _h5_error(path: Path, error: Exception) -> DataError:
     return DataError(f"{path} is not a readable HDF5 file ({_one_line(error)}); re-create or re-download it")
 
 
-class SynapseVolumes(Dataset):
+def _check_declared_shape(path: Path, file: h5py.File, key: str) -> None:
+    """Refuse a dataset whose declared shape is empty or above ``MAX_VOLUME_VOXELS``, before
+    reading it (h5py would try to allocate whatever the header says)."""
+    dataset = file[key]
+    shape = getattr(dataset, "shape", None)
+    if shape is None:
+        raise DataError(f"{path}: {key!r} is an HDF5 group, not an array; volume files hold 'image' and 'label' arrays")
+    voxels = int(np.prod(shape, dtype=np.float64))
+    if voxels > MAX_VOLUME_VOXELS:
+        raise DataError(
+            f"{path}: {key!r} declares shape {shape} ({voxels:.3g} voxels), above the limit of "
+            f"{MAX_VOLUME_VOXELS} (datasets.synapse.MAX_VOLUME_VOXELS); the file is corrupt or not one scan"
+        )
+    if voxels == 0:
+        raise DataError(f"{path}: {key!r} has shape {shape}, which holds no voxels; re-create the file from the raw data")
+
+
+class H5Volumes(Dataset):
     """3D volumes ``base_dir/NAME.npy.h5`` for each NAME in ``list_file``.
 
     Each item is ``{"image": float32 (D, H, W), "label": int64 (D, H, W) or None,
@@ -366,6 +314,9 @@ class SynapseVolumes(Dataset):
             and every item on read.
         require_label: if False, a file without a ``label`` dataset is accepted and its item's
             label is None (for predicting unlabeled volumes).
+        check_range: with ``check``, refuse an image outside [0, 1] (raw HU or 0-255 pixels),
+            which a network trained on [0, 1] scores as empty masks; the message is the data
+            doctor's explanation. Costs one min / max pass over the volume.
     """
 
     def __init__(
@@ -375,6 +326,7 @@ class SynapseVolumes(Dataset):
         num_classes: int,
         check: bool = True,
         require_label: bool = True,
+        check_range: bool = True,
     ) -> None:
         _check_num_classes(num_classes)
         self.base_dir = Path(base_dir)
@@ -382,6 +334,7 @@ class SynapseVolumes(Dataset):
         self.num_classes = int(num_classes)
         self.check = check
         self.require_label = require_label
+        self.check_range = check_range
         self.names = read_list(self.list_file)
         if check:
             paths = [self._path(name) for name in self.names]
@@ -396,18 +349,23 @@ class SynapseVolumes(Dataset):
         return (IMAGE_KEY, LABEL_KEY) if self.require_label else (IMAGE_KEY,)
 
     def _check_keys(self, path: Path) -> None:
+        """The start-up check: the datasets exist and declare a readable, non-empty shape (the
+        header only, so a 0-slice volume stops a run at start, not at its first evaluation)."""
         try:
             with h5py.File(path, "r", locking=False) as file:
                 keys = list(file.keys())
+                missing = [key for key in self._required_keys() if key not in keys]
+                if missing:
+                    raise DataError(
+                        f"{path} has no {' or '.join(repr(k) for k in missing)} dataset (found {keys}); "
+                        "volume files need 'image' and 'label' (pass require_label=False for "
+                        "unlabeled volumes)"
+                    )
+                for key in (IMAGE_KEY, LABEL_KEY):
+                    if key in file:
+                        _check_declared_shape(path, file, key)
         except OSError as error:
             raise _h5_error(path, error) from error
-        missing = [key for key in self._required_keys() if key not in keys]
-        if missing:
-            raise DataError(
-                f"{path} has no {' or '.join(repr(k) for k in missing)} dataset (found {keys}); "
-                "volume files need 'image' and 'label' (pass require_label=False for "
-                "unlabeled volumes)"
-            )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -422,6 +380,9 @@ class SynapseVolumes(Dataset):
                     raise DataError(
                         f"{path} has no {' or '.join(repr(k) for k in missing)} dataset; volume files need 'image' and 'label'"
                     )
+                for key in (IMAGE_KEY, LABEL_KEY):
+                    if key in file:
+                        _check_declared_shape(path, file, key)
                 image = file[IMAGE_KEY][()]
                 label = file[LABEL_KEY][()] if LABEL_KEY in file else None
                 spacing = _read_spacing(path, file)
@@ -429,6 +390,9 @@ class SynapseVolumes(Dataset):
             raise _h5_error(path, error) from error
         if self.check:
             check_arrays(path, image, label, ndim=SPATIAL_DIMS, num_classes=self.num_classes)
+            problem = intensity_range_problem(float(image.min()), float(image.max())) if self.check_range else None
+            if problem is not None:
+                raise DataError(f"{path}: {problem[0]}; {problem[1]}")
         return {
             "image": image.astype(np.float32, copy=False),
             "label": None if label is None else label.astype(np.int64),
@@ -481,7 +445,7 @@ def slices_to_volumes(
         num_classes: if given, labels must lie in [0, num_classes).
 
     Returns:
-        One dict per case, as ``SynapseVolumes`` items: image float32 (D, H, W), label int64
+        One dict per case, as ``H5Volumes`` items: image float32 (D, H, W), label int64
         (D, H, W), ``case_name``, ``spacing`` None; slices stacked by slice index. Memory: about
         12 bytes per voxel, e.g. 0.5 GB for a 150-slice 512x512 case.
 
@@ -519,3 +483,9 @@ def slices_to_volumes(
             }
         )
     return volumes
+
+
+# The names before the readers were named by their format; kept for a release so that code
+# written against them keeps working.
+SynapseSlices = NpzSlices
+SynapseVolumes = H5Volumes

@@ -22,7 +22,7 @@ def test_the_entries_of_the_issue():
     synapse, acdc, isic = dataset_info("Synapse"), dataset_info("ACDC"), dataset_info("ISIC2018")
     # Synapse exactly as before: the published lists, test volumes as the periodic evaluation
     assert (synapse.num_classes, synapse.test_list, synapse.val_list, synapse.in_chans) == (9, "test_vol.txt", None, None)
-    assert acdc.class_names == ("right ventricle", "myocardium", "left ventricle") and acdc.metrics == ("dice", "hd95")
+    assert acdc.class_names == ("right ventricle", "myocardium", "left ventricle")
     assert (isic.kind, isic.in_chans, isic.num_classes, isic.val_list, isic.test_list) == (IMAGES, 3, 2, "val.txt", "test.txt")
 
 
@@ -48,3 +48,16 @@ def test_a_dataset_json_describes_the_folder_beside_it(tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"class_names": ["a"], "intensity_clip": [5, 1]}))
     with pytest.raises(ValueError, match=r"'intensity_clip' must be null or \[low, high\]"):
         dataset_info(str(tmp_path / "dataset.json"))
+
+
+@pytest.mark.parametrize(
+    "clip", ["[NaN, 275]", "[-125, Infinity]", "[true, 275]", "[-125, 275, 300]", '["-125", 275]', "[275, 275]"]
+)
+def test_the_intensity_window_must_be_two_finite_numbers_low_below_high(tmp_path, clip):
+    # Python's json reads NaN and Infinity, as a user's tool may have written them.
+    (tmp_path / "dataset.json").write_text('{"class_names": ["liver"], "intensity_clip": ' + clip + "}")
+    with pytest.raises(ValueError) as info:
+        load_dataset_json(tmp_path / "dataset.json")
+    message = str(info.value)
+    assert "'intensity_clip' must be null or [low, high]: two finite numbers with low < high, got [" in message
+    assert "\n" not in message and str(tmp_path / "dataset.json") in message

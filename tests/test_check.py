@@ -162,3 +162,27 @@ def test_2d_images_a_0_1_mask_and_a_missing_image(tmp_path, capsys):
         "store the lesion as 255 (0 / 255 masks), or convert with python -m datasets.prepare.images",
         f"PROBLEM {data / 'images' / 'ISIC_0000002.jpg'} does not exist; check --root_path / --test_path and the list file",
     ]
+
+
+def test_a_case_listed_twice_is_a_problem_naming_it(copy, capsys):
+    listed = copy / "lists" / "test_vol.txt"
+    first = listed.read_text().split()[0]
+    listed.write_text(listed.read_text() + first + "\n")
+    code, lines = doctor(copy, capsys)
+    assert code == 1
+    assert problems(lines) == [
+        f"PROBLEM {listed}: names {first} twice (entries 1 and {len(listed.read_text().split())}); a repeated case "
+        "counts twice in every mean -- remove the repeat; pass --list_dir, or write lists with python -m "
+        "datasets.prepare.synapse_lists --root DATA --out LIST_DIR"
+    ]
+
+
+def test_a_test_volume_of_zero_slices_is_a_problem(copy, capsys):
+    path = sorted((copy / "test_vol_h5").glob("*.npy.h5"))[0]
+    with h5py.File(path, "w") as file:
+        file["image"] = np.zeros((0, 32, 32), np.float32)
+        file["label"] = np.zeros((0, 32, 32), np.float32)
+    code, lines = doctor(copy, capsys)
+    assert code == 1 and problems(lines) == [
+        f"PROBLEM {path}: 'image' has shape (0, 32, 32), which holds no voxels; re-create the file from the raw data"
+    ]

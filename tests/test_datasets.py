@@ -16,8 +16,8 @@ from datasets.synapse import (
     IMAGE_MEAN,
     IMAGE_STD,
     DataError,
-    SynapseSlices,
-    SynapseVolumes,
+    H5Volumes,
+    NpzSlices,
     preprocess_slice,
     resize_label,
     slices_to_volumes,
@@ -96,7 +96,7 @@ def test_bad_img_size_and_ndim_are_rejected():
         preprocess_slice(np.zeros((2, 4, 4)), (4, 4))
 
 
-# ---------------------------------------------------------------- SynapseSlices
+# ---------------------------------------------------------------- NpzSlices
 
 
 def test_slices_item_without_augmentation(tmp_path):
@@ -107,7 +107,7 @@ def test_slices_item_without_augmentation(tmp_path):
     uint8_label = np.random.default_rng(1).integers(0, NUM_CLASSES, (12, 10)).astype(np.uint8)
     write_slice(data, "case0002_slice000", label=uint8_label)
     names.append("case0002_slice000")
-    dataset = SynapseSlices(data, write_list(tmp_path / "train.txt", names), NUM_CLASSES, img_size=(8, 8), augment=None)
+    dataset = NpzSlices(data, write_list(tmp_path / "train.txt", names), NUM_CLASSES, img_size=(8, 8), augment=None)
     assert len(dataset) == 3
     for index, name in enumerate(names):
         item = dataset[index]
@@ -138,12 +138,12 @@ def test_slices_augmentation_runs_after_the_resize_or_first_on_request(tmp_path)
     with np.load(path) as stored:
         image, label = stored["image"], stored["label"]
     names = write_list(tmp_path / "t.txt", ["case0001_slice000"])
-    item = SynapseSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip)[0]
+    item = NpzSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip)[0]
     assert seen == [((8, 8), np.float32, np.int64)]
     np.testing.assert_allclose(item["image"][0].numpy(), preprocess_slice(image, (8, 8))[::-1], rtol=0, atol=4e-6)
     np.testing.assert_array_equal(item["label"].numpy(), resize_label(label, (8, 8))[::-1])
 
-    item = SynapseSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip, augment_first=True)[0]
+    item = NpzSlices(data, names, NUM_CLASSES, img_size=(8, 8), augment=flip, augment_first=True)[0]
     assert seen[1] == ((12, 10), np.float32, np.int64)
     np.testing.assert_array_equal(item["image"][0].numpy(), preprocess_slice(image[::-1], (8, 8)))
     np.testing.assert_array_equal(item["label"].numpy(), resize_label(label[::-1], (8, 8)))
@@ -155,7 +155,7 @@ def test_slices_augmentation_runs_after_the_resize_or_first_on_request(tmp_path)
 def test_slices_with_named_augmentation(tmp_path):
     data = tmp_path / "train_npz"
     write_slice(data, "case0001_slice000")
-    dataset = SynapseSlices(
+    dataset = NpzSlices(
         data, write_list(tmp_path / "t.txt", ["case0001_slice000"]), NUM_CLASSES, img_size=(16, 16), augment="daeformer"
     )
     torch.manual_seed(0)
@@ -164,7 +164,7 @@ def test_slices_with_named_augmentation(tmp_path):
         assert item["image"].shape == (1, 16, 16)
         assert int(item["label"].min()) >= 0 and int(item["label"].max()) < NUM_CLASSES
     with pytest.raises(ValueError, match="--augment"):
-        SynapseSlices(data, tmp_path / "t.txt", NUM_CLASSES, augment="imgaug")
+        NpzSlices(data, tmp_path / "t.txt", NUM_CLASSES, augment="imgaug")
 
 
 def expect_data_error(path_in_message, make, read=False):
@@ -180,32 +180,32 @@ def expect_data_error(path_in_message, make, read=False):
 def test_slices_construction_errors(tmp_path):
     data = tmp_path / "train_npz"
     missing_list = tmp_path / "nope.txt"
-    assert "does not exist" in expect_data_error(missing_list, lambda: SynapseSlices(data, missing_list, NUM_CLASSES))
+    assert "does not exist" in expect_data_error(missing_list, lambda: NpzSlices(data, missing_list, NUM_CLASSES))
     empty = write_list(tmp_path / "empty.txt", [])
     (tmp_path / "empty.txt").write_text("\n  \n")
-    assert "is empty" in expect_data_error(empty, lambda: SynapseSlices(data, empty, NUM_CLASSES))
+    assert "is empty" in expect_data_error(empty, lambda: NpzSlices(data, empty, NUM_CLASSES))
 
     write_slice(data, "case0001_slice000")
     listed = write_list(tmp_path / "t.txt", ["case0001_slice000", "case0001_slice001"])
-    message = expect_data_error(data / "case0001_slice001.npz", lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    message = expect_data_error(data / "case0001_slice001.npz", lambda: NpzSlices(data, listed, NUM_CLASSES))
     assert "does not exist" in message and "t.txt" in message
 
     no_label = write_slice(data, "case0002_slice000", label=False)
     listed = write_list(tmp_path / "t2.txt", ["case0002_slice000"])
-    assert "no 'label' array" in expect_data_error(no_label, lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    assert "no 'label' array" in expect_data_error(no_label, lambda: NpzSlices(data, listed, NUM_CLASSES))
 
     not_zip = data / "case0003_slice000.npz"
     not_zip.write_bytes(b"definitely not a zip archive")
     listed = write_list(tmp_path / "t3.txt", ["case0003_slice000"])
-    assert "not a .npz" in expect_data_error(not_zip, lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    assert "not a .npz" in expect_data_error(not_zip, lambda: NpzSlices(data, listed, NUM_CLASSES))
 
     truncated = write_slice(data, "case0004_slice000")
     truncated.write_bytes(truncated.read_bytes()[:300])
     listed = write_list(tmp_path / "t4.txt", ["case0004_slice000"])
-    expect_data_error(truncated, lambda: SynapseSlices(data, listed, NUM_CLASSES))
+    expect_data_error(truncated, lambda: NpzSlices(data, listed, NUM_CLASSES))
 
     with pytest.raises(ValueError, match="num_classes must be a positive int"):
-        SynapseSlices(data, tmp_path / "t.txt", 0)
+        NpzSlices(data, tmp_path / "t.txt", 0)
 
 
 BAD_SLICES = {
@@ -225,11 +225,11 @@ def test_slices_item_errors(tmp_path, case):
     data = tmp_path / "train_npz"
     path = write_slice(data, "case0001_slice000", **arrays)
     listed = write_list(tmp_path / "t.txt", ["case0001_slice000"])
-    message = expect_data_error(path, lambda: SynapseSlices(data, listed, NUM_CLASSES, augment=None), read=True)
+    message = expect_data_error(path, lambda: NpzSlices(data, listed, NUM_CLASSES, augment=None), read=True)
     assert expected in message
     # check=False skips validation of the arrays (the caller vouches for the data)
     if case in ("nan image", "fractional label"):
-        SynapseSlices(data, listed, NUM_CLASSES, augment=None, check=False)[0]
+        NpzSlices(data, listed, NUM_CLASSES, augment=None, check=False)[0]
 
 
 def test_corrupt_array_data_is_caught_on_read(tmp_path):
@@ -239,26 +239,26 @@ def test_corrupt_array_data_is_caught_on_read(tmp_path):
     corrupt[200] ^= 0xFF  # inside image.npy's data: the zip directory stays intact
     path.write_bytes(bytes(corrupt))
     listed = write_list(tmp_path / "t.txt", ["case0001_slice000"])
-    dataset = SynapseSlices(data, listed, NUM_CLASSES, augment=None)  # directory is fine
+    dataset = NpzSlices(data, listed, NUM_CLASSES, augment=None)  # directory is fine
     assert "Bad CRC-32" in expect_data_error(path, lambda: dataset, read=True)
 
 
 def test_file_corrupted_after_construction_still_names_file(tmp_path):
     data = tmp_path / "train_npz"
     path = write_slice(data, "case0001_slice000")
-    dataset = SynapseSlices(data, write_list(tmp_path / "t.txt", ["case0001_slice000"]), NUM_CLASSES, augment=None)
+    dataset = NpzSlices(data, write_list(tmp_path / "t.txt", ["case0001_slice000"]), NUM_CLASSES, augment=None)
     path.write_bytes(b"garbage")
     expect_data_error(path, lambda: dataset, read=True)
 
 
-# ---------------------------------------------------------------- SynapseVolumes
+# ---------------------------------------------------------------- H5Volumes
 
 
 def test_volume_item_with_and_without_spacing(tmp_path):
     data = tmp_path / "test_vol_h5"
     write_volume(data, "case0008", spacing=[3.0, 0.75, 0.7])
     write_volume(data, "case0022")
-    dataset = SynapseVolumes(data, write_list(tmp_path / "v.txt", ["case0008", "case0022"]), NUM_CLASSES)
+    dataset = H5Volumes(data, write_list(tmp_path / "v.txt", ["case0008", "case0022"]), NUM_CLASSES)
     item = dataset[0]
     with h5py.File(data / "case0008.npy.h5") as file:
         np.testing.assert_array_equal(item["image"], file["image"][()])
@@ -274,9 +274,9 @@ def test_volume_without_label(tmp_path):
     data = tmp_path / "test_vol_h5"
     path = write_volume(data, "case0100", label=False)
     listed = write_list(tmp_path / "v.txt", ["case0100"])
-    item = SynapseVolumes(data, listed, NUM_CLASSES, require_label=False)[0]
+    item = H5Volumes(data, listed, NUM_CLASSES, require_label=False)[0]
     assert item["label"] is None and item["image"].shape == (3, 6, 5)
-    message = expect_data_error(path, lambda: SynapseVolumes(data, listed, NUM_CLASSES))
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES))
     assert "no 'label' dataset" in message and "require_label=False" in message
 
 
@@ -287,6 +287,12 @@ BAD_VOLUMES = {
     "label too large": (dict(label=np.full((3, 6, 5), 12.0, np.float32)), "span [12, 12]"),
     "fractional label": (dict(label=np.full((3, 6, 5), 0.25, np.float32)), "non-integer"),
     "bad spacing": (dict(spacing=[1.0, -1.0]), "attribute 'spacing'"),
+    "zero slices": (dict(image=np.zeros((0, 6, 5), np.float32), label=np.zeros((0, 6, 5))), "which holds no voxels"),
+    "raw HU": (
+        dict(image=np.full((3, 6, 5), -1000.0, np.float32)),
+        "image values span [-1000, -1000], the network expects [0, 1]",
+    ),
+    "0-255 pixels": (dict(image=np.full((3, 6, 5), 200.0, np.float32)), "divide the images by 255"),
 }
 
 
@@ -296,18 +302,18 @@ def test_volume_item_errors(tmp_path, case):
     data = tmp_path / "test_vol_h5"
     path = write_volume(data, "case0001", **arrays)
     listed = write_list(tmp_path / "v.txt", ["case0001"])
-    assert expected in expect_data_error(path, lambda: SynapseVolumes(data, listed, NUM_CLASSES), read=True)
+    assert expected in expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES), read=True)
 
 
 def test_volume_construction_errors(tmp_path):
     data = tmp_path / "test_vol_h5"
     data.mkdir()
     listed = write_list(tmp_path / "v.txt", ["case0001"])
-    assert "does not exist" in expect_data_error(data / "case0001.npy.h5", lambda: SynapseVolumes(data, listed, NUM_CLASSES))
+    assert "does not exist" in expect_data_error(data / "case0001.npy.h5", lambda: H5Volumes(data, listed, NUM_CLASSES))
     (data / "case0001.npy.h5").write_bytes(b"not hdf5 at all")
-    assert "not a readable HDF5" in expect_data_error(data / "case0001.npy.h5", lambda: SynapseVolumes(data, listed, NUM_CLASSES))
+    assert "not a readable HDF5" in expect_data_error(data / "case0001.npy.h5", lambda: H5Volumes(data, listed, NUM_CLASSES))
     missing_list = tmp_path / "none.txt"
-    expect_data_error(missing_list, lambda: SynapseVolumes(data, missing_list, NUM_CLASSES))
+    expect_data_error(missing_list, lambda: H5Volumes(data, missing_list, NUM_CLASSES))
 
 
 # ---------------------------------------------------------------- validation cases
@@ -367,3 +373,46 @@ def test_split_cases_on_the_standard_split():
     train, held_out = split_cases(standard_synapse_split()["train"], 2)
     assert held_out == ["case0039", "case0040"]
     assert len(train) == 2211 - 90 - 195
+
+
+def test_raw_hounsfield_units_are_refused_with_the_doctors_explanation_unless_told(tmp_path):
+    data = tmp_path / "test_vol_h5"
+    hu = np.linspace(-1024, 1500, 3 * 6 * 5, dtype=np.float32).reshape(3, 6, 5)
+    path = write_volume(data, "case0001", image=hu)
+    listed = write_list(tmp_path / "v.txt", ["case0001"])
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES), read=True)
+    assert (
+        "span [-1024, 1500]" in message and "raw Hounsfield units: re-convert with python -m datasets.prepare.synapse" in message
+    )
+    assert H5Volumes(data, listed, NUM_CLASSES, check_range=False)[0]["image"].max() == 1500  # a later flag's way round
+
+
+def test_a_declared_shape_above_the_limit_is_refused_before_reading(tmp_path):
+    data = tmp_path / "test_vol_h5"
+    data.mkdir()
+    path = data / "case0001.npy.h5"
+    with h5py.File(path, "w") as file:  # declared, never written: a 4 KiB file claiming 8 GiB
+        file.create_dataset("image", shape=(2048, 1024, 1024), dtype=np.float32, chunks=(1, 64, 64))
+        file.create_dataset("label", shape=(2048, 1024, 1024), dtype=np.float32, chunks=(1, 64, 64))
+    assert path.stat().st_size < 1 << 20
+    listed = write_list(tmp_path / "v.txt", ["case0001"])
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES), read=True)
+    assert "'image' declares shape (2048, 1024, 1024) (2.15e+09 voxels), above the limit of 1073741824" in message
+
+
+def test_a_slice_without_pixels_is_refused(tmp_path):
+    data = tmp_path / "train_npz"
+    path = write_slice(data, "case0001_slice000", image=np.zeros((0, 10), np.float32), label=np.zeros((0, 10)))
+    listed = write_list(tmp_path / "t.txt", ["case0001_slice000"])
+    assert "which holds no voxels" in expect_data_error(
+        path, lambda: NpzSlices(data, listed, NUM_CLASSES, augment=None), read=True
+    )
+
+
+def test_a_zero_slice_volume_stops_the_start_up_check_before_any_read(tmp_path):
+    data = tmp_path / "test_vol_h5"
+    write_volume(data, "case0001")
+    path = write_volume(data, "case0002", image=np.zeros((0, 6, 5), np.float32), label=np.zeros((0, 6, 5), np.float32))
+    listed = write_list(tmp_path / "v.txt", ["case0001", "case0002"])
+    message = expect_data_error(path, lambda: H5Volumes(data, listed, NUM_CLASSES))  # construction only
+    assert message == f"{path}: 'image' has shape (0, 6, 5), which holds no voxels; re-create the file from the raw data"

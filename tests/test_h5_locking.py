@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from datasets.synapse import SynapseVolumes
+from datasets.synapse import H5Volumes
 from datasets.synthetic.synapse import generate_dataset
 from datasets.writing import write_volume
 
@@ -32,7 +32,7 @@ def test_volumes_are_written_and_read_without_locking(opened, tmp_path):
     label = (image > 0.5).astype(np.float32)
     write_volume(tmp_path, "case0001", image, label, (2.5, 0.8, 0.8))
     (tmp_path / "test_vol.txt").write_text("case0001\n")
-    case = SynapseVolumes(tmp_path, tmp_path / "test_vol.txt", 2)[0]
+    case = H5Volumes(tmp_path, tmp_path / "test_vol.txt", 2)[0]
     np.testing.assert_array_equal(case["image"], image)
     np.testing.assert_array_equal(case["label"], label.astype(np.int64))
     assert case["spacing"] == pytest.approx((2.5, 0.8, 0.8))

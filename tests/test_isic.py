@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 import train as train_script
-from datasets.catalog import dataset_info
 from datasets.common import DataError
-from datasets.isic import SkinImages, read_pair, write_isic_lists
+from datasets.isic import ImagePairs, read_pair
+from datasets.prepare.isic_lists import write_isic_lists
 from datasets.synthetic.isic import generate_dataset, make_image
 from tests.conftest import load_test_script, tiny_isic_args
 from utils.checkpoint import load_checkpoint
-from utils.images import METRIC_NAMES, confusion, scores
+from utils.images import confusion, scores
 
 ISIC_SMALL = dict(seed=2, size=40, train_images=4, val_images=2, test_images=3)
 
@@ -27,7 +27,6 @@ def test_metrics_on_a_hand_counted_case():
     counts = confusion(prediction, truth, 2)
     np.testing.assert_array_equal(counts, [[3, 1, 1, 3]])  # TP, FP, FN, TN
     np.testing.assert_allclose(scores(counts)[0], [6 / 8, 3 / 5, 3 / 4, 3 / 4, 6 / 8])
-    assert METRIC_NAMES == dataset_info("ISIC2018").metrics
     # no lesion in truth or prediction: nothing to find, nothing wrongly found
     np.testing.assert_allclose(scores(confusion(np.zeros((2, 2)), np.zeros((2, 2)), 2))[0], [1, 1, 1, 1, 1])
 
@@ -58,7 +57,7 @@ def test_generated_images_have_dark_lesions_and_binary_masks(tmp_path):
 
 def test_the_reader_gives_rgb_tensors_and_checks_sizes(tmp_path):
     data = generate_dataset(tmp_path, **ISIC_SMALL)
-    item = SkinImages(tmp_path, data["list_dir"] / "train.txt", 2, (32, 32), augment=False)[0]
+    item = ImagePairs(tmp_path, data["list_dir"] / "train.txt", 2, (32, 32), augment=False)[0]
     assert item["image"].shape == (3, 32, 32) and item["label"].shape == (32, 32)
     assert -1 <= float(item["image"].min()) and float(item["image"].max()) <= 1
     assert set(item["label"].unique().tolist()) == {0, 1}
@@ -124,3 +123,12 @@ def test_val_cases_is_refused_for_image_data(tmp_path, capsys):
     assert train_script.main(["--dataset", "ISIC2018", "--val_cases", "2", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--val_cases is for volume data" in err and err.count("\n") == 1
+
+
+def test_the_old_list_command_forwards_to_datasets_prepare_isic_lists(tmp_path, capsys):
+    import datasets.isic
+
+    generate_dataset(tmp_path / "a", **ISIC_SMALL)
+    datasets.isic.main(["--root", str(tmp_path / "a"), "--out", str(tmp_path / "lists")])  # python -m datasets.isic
+    assert (tmp_path / "lists" / "test.txt").read_text().split() == ["ISIC_0000005"]
+    assert "7 train, 1 val, 1 test images" in capsys.readouterr().out

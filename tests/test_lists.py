@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from datasets.lists import (
-    main,
     parse_slice_name,
     sort_slice_names,
     standard_synapse_split,
     write_synapse_lists,
 )
+from datasets.prepare.synapse_lists import main
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "lists" / "lists_Synapse"
@@ -141,3 +141,32 @@ def test_cli_writes_lists_and_reports_errors(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_old_command_forwards_to_datasets_prepare_synapse_lists(tmp_path):
+    import datasets.lists
+
+    datasets.lists.main(["--standard", "--out", str(tmp_path)])  # python -m datasets.lists, as the README had it
+    assert (tmp_path / "test_vol.txt").read_text().splitlines() == EXPECTED_TEST_ORDER
+
+
+def test_a_repeated_name_is_an_error_naming_it_and_both_entries(tmp_path):
+    from datasets.common import DataError
+    from datasets.lists import read_list
+
+    listed = tmp_path / "test_vol.txt"
+    listed.write_text("case0008\ncase0022\n\ncase0008\n")
+    with pytest.raises(DataError, match=r"test_vol.txt names case0008 twice \(entries 1 and 3\); .* remove the repeat"):
+        read_list(listed)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    from datasets.common import DataError
+    from datasets.lists import read_list
+
+    listed = tmp_path / "test_vol.txt"
+    listed.write_bytes(b"\xef\xbb\xbfcase0008\r\ncase0022\r\n")  # as Notepad saves "UTF-8 with BOM"
+    assert read_list(listed) == ["case0008", "case0022"]
+    listed.write_bytes(b"case0008\n\xff\xfe\n")
+    with pytest.raises(DataError, match="test_vol.txt is not UTF-8 text"):
+        read_list(listed)

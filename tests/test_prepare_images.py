@@ -13,7 +13,7 @@ from PIL import Image
 from datasets.catalog import IMAGES, dataset_info
 from datasets.check import main as doctor
 from datasets.common import DataError
-from datasets.isic import SkinCases, SkinImages, read_pair
+from datasets.isic import ImageCases, ImagePairs, read_pair
 from datasets.prepare.images import convert, main
 
 RED, GREEN, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 0)
@@ -73,9 +73,9 @@ def test_colour_masks_convert_and_read_back_with_their_class_ids(tmp_path, capsy
         rgb, label = read_pair(out, f"scan{n}", info.num_classes)
         np.testing.assert_array_equal(label, truth(n))
         assert rgb.shape == (*SIZE, 3)
-    cases = SkinCases(out, out / "lists" / "test.txt", info.num_classes)
+    cases = ImageCases(out, out / "lists" / "test.txt", info.num_classes)
     np.testing.assert_array_equal(cases[0]["label"], truth(4))
-    train = SkinImages(out, out / "lists" / "train.txt", info.num_classes, SIZE, augment=False)
+    train = ImagePairs(out, out / "lists" / "train.txt", info.num_classes, SIZE, augment=False)
     item = train[0]
     assert item["case_name"] == "scan0" and item["image"].shape == (3, *SIZE)
     np.testing.assert_array_equal(item["label"].numpy(), truth(0))

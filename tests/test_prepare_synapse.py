@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from datasets.prepare.synapse import BTCV_TO_SYNAPSE, main
-from datasets.synapse import SynapseSlices, SynapseVolumes
+from datasets.synapse import H5Volumes, NpzSlices
 
 SHAPE = (4, 16, 16)  # (z, y, x)
 SPACING_XYZ = (0.7, 0.8, 3.0)
@@ -141,9 +141,9 @@ def test_training_slices_are_per_volume_normalised_and_renumbered(converted):
 
 def test_outputs_read_back_with_the_readers(converted):
     out, _ = converted
-    volumes = SynapseVolumes(out / "test_vol_h5", out / "lists" / "test_vol.txt", 9)
+    volumes = H5Volumes(out / "test_vol_h5", out / "lists" / "test_vol.txt", 9)
     assert volumes[0]["spacing"] == pytest.approx((3.0, 0.8, 0.7))
-    slices = SynapseSlices(out / "train_npz", out / "lists" / "train.txt", 9, img_size=(16, 16), augment=None)
+    slices = NpzSlices(out / "train_npz", out / "lists" / "train.txt", 9, img_size=(16, 16), augment=None)
     assert len(slices) == 8 and slices[7]["case_name"] == "case0050_slice003"
 
 
@@ -189,3 +189,14 @@ def test_errors(tmp_path, capsys):
     write_nifti(raw / "label0002.nii.gz", bad_ids)
     err = run_error(["--raw", str(raw), "--out", out], capsys)
     assert "label0002.nii.gz: label values span [0, 14]" in err
+
+
+def test_a_label_on_another_voxel_grid_is_refused_as_the_other_converters_do(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_case(raw, 8, wide_window_image(), all_ids_label())
+    shifted = sitk.GetImageFromArray(all_ids_label())
+    shifted.SetSpacing(SPACING_XYZ)
+    shifted.SetOrigin((40.0, 0.0, 0.0))  # 40 mm off: the label was drawn on another grid
+    sitk.WriteImage(shifted, str(raw / "label0008.nii.gz"))
+    err = run_error(["--raw", str(raw), "--out", str(tmp_path / "out")], capsys)
+    assert "img0008.nii.gz and" in err and "label0008.nii.gz differ in origin (x, y, z) mm: (0, 0, 0) vs (40, 0, 0)" in err

@@ -5,17 +5,17 @@ import pytest
 import torch
 from scipy.ndimage import zoom
 
+from datasets.preprocess import (
+    preprocess_batch,
+    preprocess_slice,
+    resize_label,
+    resize_labels,
+)
 from datasets.resize import (
     nearest_zoom_indices,
     spline_zoom_matrix,
     zoom_images,
     zoom_labels,
-)
-from datasets.synapse import (
-    preprocess_batch,
-    preprocess_slice,
-    resize_label,
-    resize_labels,
 )
 from datasets.synthetic.synapse import make_case
 

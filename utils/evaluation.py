@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from datasets.catalog import IMAGES, DatasetInfo
+from datasets.readers import ignore_stop_signals
 from utils.errors import UserError
 from utils.images import METRIC_NAMES, confusion, predict_image, scores
 from utils.inference import predict_volume
@@ -343,7 +344,9 @@ class VolumeEvaluator(_Evaluator):
         the metrics of a case are computed in a worker while the network predicts the next."""
         s = self.settings
         context = multiprocessing.get_context(START_METHOD)
-        executor = ProcessPoolExecutor(s.workers, mp_context=context) if s.workers > 0 else None
+        # Workers ignore SIGTERM / SIGINT: a signal to the whole process group must stop the main
+        # process only, which then shuts the pool down (issue 17, point 16).
+        executor = ProcessPoolExecutor(s.workers, mp_context=context, initializer=ignore_stop_signals) if s.workers > 0 else None
         futures, names, example = [], [], {}
         try:
             for case in cases:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets.preprocess import preprocess_batch
 from datasets.resize import zoom_labels
-from datasets.synapse import preprocess_batch
 from utils.devices import autocast
 
 # Slices resized together (the network still sees ``batch_size`` at a time).

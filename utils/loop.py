@@ -30,7 +30,7 @@ from tqdm import tqdm
 from datasets.catalog import IMAGES, dataset_info
 from datasets.common import IMAGE_MEAN, IMAGE_STD, DataError
 from datasets.lists import read_list
-from datasets.readers import evaluation_cases, training_set
+from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
 from datasets.synapse import slices_to_volumes, split_cases
 from utils.checkpointer import Checkpointer, TrainState, resume_path
 from utils.config import AUTO, RunConfig
@@ -449,6 +449,8 @@ def build_loader(config: RunConfig, placement: Placement, train_set: Dataset) ->
         # worth there (GPU kernels are not bitwise reproducible anyway); on a CPU the workers
         # restart each epoch from the checkpointed random streams, so a resume is exact.
         persistent_workers=config.num_workers > 0 and on_gpu,
+        # A scheduler's signal to the whole process group must stop the run, not kill its workers.
+        worker_init_fn=ignore_stop_signals,
     )
 
 

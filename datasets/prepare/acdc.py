@@ -21,6 +21,9 @@ For each frame:
 5. write ``train.txt``, ``val_vol.txt`` and ``test_vol.txt`` into ``--list_dir`` (default: the
    table's ``lists/lists_ACDC``).
 
+The output is staged beside ``--out`` and renamed when complete (``datasets.prepare.staging``):
+a conversion that fails leaves an earlier one in ``--out`` as it was.
+
 Usage::
 
     python -m datasets.prepare.acdc --raw ACDC/database/training --out data/ACDC [--split_file split.json]
@@ -40,8 +43,9 @@ from tqdm import tqdm
 
 from datasets.catalog import DATASETS
 from datasets.common import TEST, TRAIN, VAL, DataError, normalise_volume
-from datasets.lists import TEST_DIR, TRAIN_DIR, split_role, write_list
+from datasets.lists import TEST_DIR, TRAIN_DIR, split_role
 from datasets.prepare.common import read_nifti_pair
+from datasets.prepare.staging import staged_output
 from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
@@ -172,20 +176,24 @@ def convert(
     list_dir = Path(list_dir if list_dir is not None else ACDC.list_dir)
     done: dict[str, list[str]] = {TRAIN: [], VAL: [], TEST: []}
     slices: list[str] = []
-    for frame in tqdm(frames, desc="ACDC -> Synapse format", unit="frame"):
-        image, label, spacing = read_nifti_pair(frame.image, frame.label, ACDC.num_classes)
-        image = normalise_volume(image)
-        role = role_of(frame.patient)
-        if role == TRAIN:
-            slices += write_training_slices(out_dir / TRAIN_DIR, frame.name, image, label)
-        else:
-            write_volume(out_dir / TEST_DIR, frame.name, image, label, spacing)
-        done[role].append(frame.name)
-    for file_name, names in ((ACDC.train_list, slices), (ACDC.val_list, done[VAL]), (ACDC.test_list, done[TEST])):
-        if names:
-            write_list(list_dir / file_name, names)
-        else:
-            logger.warning("no frames for %s; not written", list_dir / file_name)
+    # Staged: a conversion that stops half-way leaves an earlier one in out_dir untouched; the
+    # lists (by default outside out_dir) are written after the rename and checked by the doctor
+    # against the marker.
+    with staged_output(out_dir, "datasets.prepare.acdc") as stage:
+        for frame in tqdm(frames, desc="ACDC -> Synapse format", unit="frame"):
+            image, label, spacing = read_nifti_pair(frame.image, frame.label, ACDC.num_classes)
+            image = normalise_volume(image)
+            role = role_of(frame.patient)
+            if role == TRAIN:
+                slices += write_training_slices(stage.folder / TRAIN_DIR, frame.name, image, label)
+            else:
+                write_volume(stage.folder / TEST_DIR, frame.name, image, label, spacing)
+            done[role].append(frame.name)
+        for file_name, names in ((ACDC.train_list, slices), (ACDC.val_list, done[VAL]), (ACDC.test_list, done[TEST])):
+            if names:
+                stage.list_file(list_dir / file_name, names)
+            else:
+                logger.warning("no frames for %s; not written", list_dir / file_name)
     logger.info(
         "converted %d training frames (%d slices), %d validation and %d test frames into %s; lists in %s",
         len(done[TRAIN]),

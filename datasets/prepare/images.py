@@ -10,8 +10,8 @@ or ``NAME_mask.*``. A mask is either
   values class ids or class names (``background`` is 0, other names are ids 1.. in the order of
   ``--classes``, or of their first appearance in the palette).
 
-Output (``--out``, written to a temporary folder beside it and renamed when complete, so a
-failed conversion leaves nothing behind)::
+Output (``--out``, a new folder, written to a staging folder beside it and renamed when complete
+by ``datasets.prepare.staging``, so a failed conversion leaves nothing behind)::
 
     OUT/images/NAME.png                  the image as 8-bit grey or RGB, lossless
     OUT/masks/NAME_segmentation.png      class ids 0..K-1 (a 2-class mask as 0 / 255, the
@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,8 +42,10 @@ from PIL import Image, UnidentifiedImageError
 
 from datasets.catalog import DATASET_JSON, IMAGE_CHANNELS, IMAGES
 from datasets.common import DataError
-from datasets.isic import IMAGE_DIR, MASK_DIR, MASK_SUFFIX, write_isic_lists
+from datasets.isic import IMAGE_DIR, LIST_NAMES, MASK_DIR, MASK_SUFFIX
 from datasets.lists import LIST_DIR, TEST_EVERY
+from datasets.prepare.isic_lists import image_split
+from datasets.prepare.staging import Stage, staged_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_TAGS = ("", "_segmentation", "_mask")  # NAME.*, NAME_segmentation.*, NAME_mask.*
@@ -187,26 +187,19 @@ def convert(
         DataError: bad input, named by file or flag; ``out`` is then left as it was.
     """
     images, masks, out = Path(images), Path(masks), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"--out {out} is not empty; choose a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"--out {out} is not empty; choose a new folder")  # before reading any input
     colour_map, names = read_palette(Path(palette), classes) if palette else (None, list(classes or []))
     pairs = find_pairs(images, masks)
     if len(pairs) < TEST_EVERY:
         raise DataError(f"--images {images} holds {len(pairs)} images; the 70/10/20 split needs at least {TEST_EVERY}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        result = _write(pairs, staging, colour_map, names, bool(classes))
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return result
+    # A new folder only (replace=False): images have no earlier conversion to replace.
+    with staged_output(out, "datasets.prepare.images", replace=False) as stage:
+        return _write(pairs, stage, colour_map, names, bool(classes))
 
 
-def _write(pairs: list[tuple[str, Path, Path]], staging: Path, palette: dict | None, names: list[str], names_given: bool) -> dict:
+def _write(pairs: list[tuple[str, Path, Path]], stage: Stage, palette: dict | None, names: list[str], names_given: bool) -> dict:
+    staging = stage.folder
     (staging / IMAGE_DIR).mkdir()
     (staging / MASK_DIR).mkdir()
     labels: dict[str, np.ndarray] = {}
@@ -231,7 +224,9 @@ def _write(pairs: list[tuple[str, Path, Path]], staging: Path, palette: dict | N
     for name, ids in labels.items():
         stored = ids * BINARY_FOREGROUND if num_classes == 2 else ids
         Image.fromarray(stored.astype(np.uint8), "L").save(staging / MASK_DIR / (name + MASK_SUFFIX))
-    split = write_isic_lists(staging, staging / LIST_DIR)
+    split = image_split(staging)
+    for role, file_name in LIST_NAMES.items():
+        stage.list_file(stage.out / LIST_DIR / file_name, split[role])
     description = {"kind": IMAGES, "class_names": names, "channels": IMAGE_CHANNELS}
     (staging / DATASET_JSON).write_text(json.dumps(description, indent=2) + "\n")
     return {"class_names": names, "channels": max(channels), **split}

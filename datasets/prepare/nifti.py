@@ -18,6 +18,10 @@ Output::
 
     OUT/train_npz/NAME_sliceNNN.npz, OUT/test_vol_h5/NAME.npy.h5, OUT/lists/{train,test_vol}.txt
     OUT/dataset.json    {"class_names": [...], "intensity_clip": [low, high] or null}
+    OUT/conversion.json the completion marker (datasets.prepare.staging)
+
+written into a staging folder beside OUT and renamed when complete: a conversion that fails
+leaves an earlier one in OUT as it was.
 
 Then::
 
@@ -42,8 +46,9 @@ from tqdm import tqdm
 
 from datasets.catalog import DATASET_JSON, DatasetInfo, load_dataset_json
 from datasets.common import DataError, normalise_volume
-from datasets.lists import TEST_DIR, TRAIN_DIR, write_list
+from datasets.lists import LIST_DIR, TEST_DIR, TRAIN_DIR
 from datasets.prepare.common import read_nifti_pair
+from datasets.prepare.staging import staged_output
 from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
@@ -146,21 +151,23 @@ def convert(
     testing = held_out_positions(len(pairs), test_fraction)
     slices, tests = [], []
     window = None if clip is None else (float(clip[0]), float(clip[1]))
-    for index, (name, image_path, label_path) in enumerate(tqdm(pairs, desc="NIfTI -> Synapse format", unit="case")):
-        image, label, spacing = read_nifti_pair(image_path, label_path, len(names) + 1)
-        image = normalise_volume(image, window)
-        if index in testing:
-            write_volume(out_dir / TEST_DIR, name, image, label, spacing)
-            tests.append(name)
-        else:
-            slices += write_training_slices(out_dir / TRAIN_DIR, name, image, label.astype(np.float32))
+    # Staged: a conversion that stops half-way leaves an earlier one in out_dir untouched.
+    with staged_output(out_dir, "datasets.prepare.nifti") as stage:
+        for index, (name, image_path, label_path) in enumerate(tqdm(pairs, desc="NIfTI -> Synapse format", unit="case")):
+            image, label, spacing = read_nifti_pair(image_path, label_path, len(names) + 1)
+            image = normalise_volume(image, window)
+            if index in testing:
+                write_volume(stage.folder / TEST_DIR, name, image, label, spacing)
+                tests.append(name)
+            else:
+                slices += write_training_slices(stage.folder / TRAIN_DIR, name, image, label.astype(np.float32))
+        description = {"class_names": names, "intensity_clip": None if window is None else list(window)}
+        (stage.folder / DATASET_JSON).write_text(json.dumps(description, indent=2) + "\n")
+        staged = load_dataset_json(stage.folder / DATASET_JSON)
+        stage.list_file(out_dir / LIST_DIR / staged.train_list, slices)
+        stage.list_file(out_dir / LIST_DIR / staged.test_list, tests)
     info_path = out_dir / DATASET_JSON
-    info_path.write_text(
-        json.dumps({"class_names": names, "intensity_clip": None if window is None else list(window)}, indent=2) + "\n"
-    )
     info = load_dataset_json(info_path)
-    write_list(Path(info.list_dir) / info.train_list, slices)
-    write_list(Path(info.list_dir) / info.test_list, tests)
     logger.info(
         "converted %d training cases (%d slices) and %d test cases into %s; use --dataset %s",
         len(pairs) - len(tests),

@@ -12,6 +12,9 @@ Input: ``RAW/img00XX.nii.gz`` with ``RAW/label00XX.nii.gz``, either side by side
    Cases outside the standard split also go to training (the log says which).
 5. write ``train.txt`` and ``test_vol.txt`` for the converted files into ``--list_dir``.
 
+The output is staged beside ``--out`` and renamed when complete (``datasets.prepare.staging``):
+a conversion that fails leaves an earlier one in ``--out`` as it was.
+
 Usage::
 
     python -m datasets.prepare.synapse --raw RawData/Training --out data/Synapse
@@ -27,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from datasets.common import (
@@ -42,9 +44,10 @@ from datasets.lists import (
     TEST_LIST,
     TRAIN_DIR,
     TRAIN_LIST,
-    write_list,
-    write_synapse_lists,
+    sort_slice_names,
 )
+from datasets.prepare.common import read_nifti_pair
+from datasets.prepare.staging import staged_output
 from datasets.writing import write_training_slices, write_volume
 
 logger = logging.getLogger(__name__)
@@ -154,20 +157,9 @@ def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float
         image float32 (D, H, W) in [0, 1], label float32 (D, H, W) Synapse ids, and the voxel
         spacing (z, y, x) in mm.
     """
-    try:
-        image_itk = sitk.ReadImage(str(case.image))
-        label_itk = sitk.ReadImage(str(case.label))
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "read error"
-        raise DataError(f"cannot read {case.name} ({case.image}, {case.label}): {first_line}") from error
-    image = sitk.GetArrayFromImage(image_itk)
-    label = sitk.GetArrayFromImage(label_itk)
-    if image.shape != label.shape:
-        raise DataError(
-            f"{case.image} has shape {image.shape} (z, y, x) but {case.label} has {label.shape}; they must be the same scan"
-        )
-    spacing_xyz = image_itk.GetSpacing()
-    spacing = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    # The converters' shared reader: it also refuses a label on another voxel grid (spacing,
+    # origin, direction), which reading the two files separately let through.
+    image, label, spacing = read_nifti_pair(case.image, case.label, BTCV_NUM_LABELS)
     return normalise_volume(image, CT_WINDOW), btcv_to_synapse(label, case.label), spacing
 
 
@@ -185,32 +177,30 @@ def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | Non
     cases = find_raw_cases(raw_dir)
     out_dir = Path(out_dir)
     list_dir = Path(list_dir) if list_dir is not None else out_dir / "lists"
-    train_dir, test_dir = out_dir / TRAIN_DIR, out_dir / TEST_DIR
-    train_dir.mkdir(parents=True, exist_ok=True)
-    test_dir.mkdir(parents=True, exist_ok=True)
     test_cases = set(STANDARD_TEST_CASES)
     outside = [c.name for c in cases if c.name not in test_cases | set(STANDARD_TRAIN_SLICE_COUNTS)]
     if outside:
         logger.warning("cases outside the standard split go to training: %s", ", ".join(outside))
     done: dict[str, list[str]] = {"train": [], "test": []}
     train_slices: list[str] = []
-    for case in tqdm(cases, desc="BTCV -> Synapse", unit="case"):
-        image, label, spacing = read_case(case)
-        if case.name in test_cases:
-            write_volume(test_dir, case.name, image, label, spacing)
-            done["test"].append(case.name)
-        else:
-            train_slices += write_training_slices(train_dir, case.name, image, label)
-            done["train"].append(case.name)
-    if done["train"] and done["test"]:
-        write_synapse_lists(out_dir, list_dir)
-    else:
-        # write_synapse_lists needs both folders; write the one list that applies.
-        logger.warning("no %s cases converted; writing only the other list", "test" if done["train"] else "training")
+    # Staged: a conversion that stops half-way leaves an earlier one in out_dir untouched; lists
+    # outside out_dir are written after the rename and checked by the doctor against the marker.
+    with staged_output(out_dir, "datasets.prepare.synapse") as stage:
+        for case in tqdm(cases, desc="BTCV -> Synapse", unit="case"):
+            image, label, spacing = read_case(case)
+            if case.name in test_cases:
+                write_volume(stage.folder / TEST_DIR, case.name, image, label, spacing)
+                done["test"].append(case.name)
+            else:
+                train_slices += write_training_slices(stage.folder / TRAIN_DIR, case.name, image, label)
+                done["train"].append(case.name)
+        if not (done["train"] and done["test"]):
+            logger.warning("no %s cases converted; writing only the other list", "test" if done["train"] else "training")
+        # The lists write_synapse_lists would find in the folders: slices by case, then slice index.
         if done["train"]:
-            write_list(list_dir / TRAIN_LIST, train_slices)
-        else:
-            write_list(list_dir / TEST_LIST, sorted(done["test"]))
+            stage.list_file(list_dir / TRAIN_LIST, sort_slice_names(train_slices))
+        if done["test"]:
+            stage.list_file(list_dir / TEST_LIST, sorted(done["test"]))
     logger.info(
         "converted %d training cases (%d slices) and %d test cases into %s; lists in %s",
         len(done["train"]),
