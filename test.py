@@ -39,13 +39,14 @@ from datasets.readers import evaluation_cases
 from utils.checkpoint import find_checkpoint
 from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags, ignored_note
 from utils.devices import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, Placement, leave_process_group, place_process
-from utils.errors import UserError
+from utils.errors import UserError, os_error_line
 from utils.evaluation import Spacing, parse_spacing
 from utils.loader import DAEFORMER, load_network_class, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
 from utils.predictor import Predictor
-from utils.runs import ARGS_FILE, latest_run_id
+from utils.results import ResultsFolder
+from utils.runs import ARGS_FILE, TEST_FOLDER, latest_run_id, make_folder
 from utils.scans import PREDICTION_SUFFIX, classify_volume_path, save_nifti, segmenter
 from utils.visualize import montage
 
@@ -153,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError) as error:
         print(f"test.py: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"test.py: error: {os_error_line(error)}", file=sys.stderr)
+        return 2
     finally:
         leave_process_group()
     return 0
@@ -214,21 +218,24 @@ def run(args: argparse.Namespace) -> None:
             f"--eval_batch_size must be at least 1 and --eval_workers at least 0, got {args.eval_batch_size}, {args.eval_workers}"
         )
     placement = place_process(args.device)
-    save_dir = Path(args.test_save_dir or Path(args.output_dir) / "test")
-    save_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(save_dir / "log.txt", enabled=placement.main)
+    results = ResultsFolder(Path(args.test_save_dir or Path(args.output_dir) / TEST_FOLDER), placement)
+    make_folder(results.target, "--test_save_dir")
+    setup_logging(results.target / "log.txt", enabled=placement.main)
     for note in ignored_note(args, IGNORED_FLAGS):
         logger.info(note)
     torch.backends.cudnn.deterministic = bool(args.deterministic)
     predictor = load(args, placement)
     target = classify_volume_path(args.test_path or predictor.info.test_path, predictor.info.kind, "--test_path")
+    save_dir = results.open()
     if target.files:
         logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(target.files), target.folder)
         segment = segmenter(predictor.info.kind)
         for path in tqdm(target.files[placement.rank :: placement.world_size], desc="inputs", leave=False):
             segment(predictor, path, save_dir, args.save_png)
-        return
-    evaluate(args, predictor, placement, target.folder, spacing, save_dir)
+    else:
+        evaluate(args, predictor, placement, target.folder, spacing, save_dir)
+    written = results.commit()
+    logger.info("%d file(s) written to %s", len(written), results.target)
 
 
 def evaluate(
@@ -252,8 +259,8 @@ def evaluate(
     )
     if placement.main:
         result.log(f"{'test images' if info.kind == IMAGES else 'test volumes'} of {predictor.checkpoint}")
-        result.write(save_dir)
-        logger.info("evaluation took %.1f s; results in %s", time.perf_counter() - start, save_dir)
+        result.write(save_dir, predictor.source())
+        logger.info("evaluation took %.1f s", time.perf_counter() - start)
 
 
 def case_writer(args: argparse.Namespace, predictor: Predictor, save_dir: Path):

@@ -25,16 +25,15 @@ from pathlib import Path
 from datasets.augment import AUGMENTATIONS
 from datasets.catalog import DATASETS
 from datasets.common import DataError
-from utils.checkpointer import resume_path
 from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags
 from utils.config import RunConfig, resolve_config
 from utils.devices import AMP_DTYPES, DEVICES, DIST_TIMEOUT_MIN, leave_process_group, place_process
-from utils.errors import UserError
+from utils.errors import UserError, os_error_line
 from utils.loader import DAEFORMER
 from utils.logs import setup_logging
 from utils.loop import build_run, fit
 from utils.losses import CE_WEIGHT, DICE_WEIGHT
-from utils.runs import LOG_FILE, RunLock, StopSignal, prepare_folder
+from utils.runs import LOG_FILE, RunLock, StopSignal, make_folder, prepare_folder
 from utils.training import LR_RULES, REFERENCE_BATCH, REFERENCE_BATCH_DIVISOR
 
 logger = logging.getLogger("train")
@@ -155,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError) as error:
         report_failure(f"train.py: error: {error}")
         return 2
+    except OSError as error:
+        report_failure(f"train.py: error: {os_error_line(error)}")
+        return 2
     finally:
         leave_process_group()
 
@@ -172,11 +174,11 @@ def train(config: RunConfig, notes: list[str]) -> int:
     signal that stopped it)."""
     placement = place_process(config.device, config.dist_timeout)
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if placement.main:
+            make_folder(output_dir, "--output_dir")
             stack.enter_context(RunLock(output_dir))
-            prepare_folder(output_dir, resuming=resume_path(config) is not None, overwrite=config.overwrite)
+            notes = [*prepare_folder(output_dir, config.resume, config.overwrite), *notes]
         placement.barrier()  # the folder is checked (and cleared) before anyone writes into it
         setup_logging(output_dir / LOG_FILE, enabled=placement.main)
         for note in notes:

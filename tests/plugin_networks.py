@@ -41,3 +41,16 @@ class SlowEval(UNet):
         if not self.training:
             time.sleep(self.seconds)
         return super().forward(x)
+
+
+class SignalGroupAt(SignalAt):
+    """As :class:`SignalAt`, but sends SIGTERM to its whole process group -- what a scheduler
+    that signals every process of a job does -- so the loader workers receive it too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.signal_at and not self.once_file.exists():
+                self.once_file.touch()
+                os.killpg(os.getpgid(0), signal.SIGTERM)
+        return UNet.forward(self, x)

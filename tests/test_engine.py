@@ -28,7 +28,8 @@ def numbers(metrics: dict) -> list[float]:
     def walk(value):
         if isinstance(value, dict):
             for key in sorted(value):
-                walk(value[key])
+                if key != "source":  # what was scored (a run's epoch, a checkpoint's hash), not a score
+                    walk(value[key])
         elif isinstance(value, list):
             for item in value:
                 walk(item)

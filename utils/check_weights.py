@@ -18,7 +18,6 @@ Exit status: 0 the weights fit, 1 problems found, 2 the file cannot be read as a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,13 +30,13 @@ from utils.checkpoint import (
     CheckpointError,
     is_self_describing,
     load_checkpoint,
+    sha256,
     strip_wrapper_prefix,
 )
 from utils.loader import DAEFORMER, build_network
 
 PUBLISHED_KWARGS: dict = {}  # the constructor's defaults are the published Synapse configuration
 HEAD = "decoder_0.last_layer."
-HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -55,15 +54,6 @@ class WeightsReport:
     @property
     def clean(self) -> bool:
         return not self.problems
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def compare_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, report: WeightsReport) -> None:

@@ -7,6 +7,7 @@ told. The published DAE-Former weights are a plain state dict; they load too, gi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import secrets
@@ -24,12 +25,24 @@ from utils.loader import build_network
 FORMAT = "hsa-unet-checkpoint-v1"
 LAST = "last.pth"
 BEST = "best.pth"
+# The largest network rebuilt from a checkpoint's recorded arguments: 2 billion parameters (8 GB
+# in float32), 40 times DAE-Former's 48 million.
+MAX_PARAMETERS = 2_000_000_000
 # DataParallel / DistributedDataParallel prefix every key of a saved state dict with this.
 WRAPPER_PREFIX = "module."
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, untrusted or does not fit the network."""
+
+
+def sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def epoch_checkpoint_name(model_name: str, epoch: int) -> str:
@@ -72,12 +85,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as error:
+            raise CheckpointError(
+                f"could not write the checkpoint {path} ({error.strerror}); fix the folder or its permissions"
+            ) from None
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write the checkpoint {path} ({error.strerror or error}); free disk space or fix the folder's "
+            "permissions, then rerun with --resume auto"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -147,6 +170,24 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         ) from None
 
 
+def check_size(module: str, kwargs: dict[str, Any], source: str | Path) -> None:
+    """Refuse a checkpoint whose recorded constructor arguments would build a network above
+    ``MAX_PARAMETERS`` -- counted on the meta device, where no memory is allocated -- so a damaged
+    or hostile file cannot make the constructor take the machine's memory."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in build_network(module, kwargs).parameters())
+    except UserError:
+        raise
+    except Exception:  # a network that cannot be built on the meta device is counted when it is built
+        return
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{source} records constructor arguments {kwargs} that build {count:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} this program builds from a checkpoint; the file is damaged or not what it claims"
+        )
+
+
 def model_from_payload(
     payload: dict[str, Any], source: str | Path, module: str | None = None, kwargs: dict[str, Any] | None = None
 ) -> nn.Module:
@@ -159,6 +200,7 @@ def model_from_payload(
     if is_self_describing(payload):
         if module is not None and module != payload["module"]:
             raise CheckpointError(f"{source} holds a {payload['module']} network but --module {module} was given; drop --module")
+        check_size(payload["module"], payload["model_kwargs"], source)
         model = build_network(payload["module"], payload["model_kwargs"])
         load_weights(model, payload["model"], source)
         return model

@@ -32,6 +32,7 @@ from utils.checkpoint import (
 from utils.config import AUTO, RunConfig, changed_settings
 from utils.devices import Placement
 from utils.errors import UserError
+from utils.runs import latest_run_id
 from utils.training import poly_lr, restore_rng_state, rng_state, unwrap
 
 logger = logging.getLogger(__name__)
@@ -137,11 +138,46 @@ class Checkpointer:
         if best:
             logger.info("new best validation mean Dice %.4f: saved %s", state.best_dice, self.folder / BEST)
 
-    def resume(self, state: TrainState, path: Path, max_iterations: int) -> None:
-        """Continue from ``path``: weights, optimiser, schedule, scaler, counters, random streams
-        and the position inside an interrupted epoch. Refuses a changed run (unless told to accept
-        it); a new length re-plans the poly schedule as if the run had been planned so."""
-        payload = self._checked(path)
+    def load(self, path: Path | None) -> dict[str, Any] | None:
+        """The checkpoint to resume from, read and checked before the run writes anything: a
+        training checkpoint of this repository, with every field a resume needs, of this run's
+        settings (unless told to accept changes), and of the run its folder holds."""
+        if path is None:
+            return None
+        payload = load_checkpoint(path)
+        if payload.get("format") != FORMAT:
+            raise UserError(f"--resume {path} is not a training checkpoint of this repository (a plain state dict?)")
+        missing = [name for name in RESUME_FIELDS if name not in payload]
+        if missing:
+            raise CheckpointError(f"--resume {path} lacks {', '.join(missing)}: it cannot be resumed; start a new run")
+        folder_run, resumed_run = latest_run_id(self.folder), payload.get("run_id")
+        if folder_run and resumed_run and folder_run != resumed_run:
+            raise UserError(
+                f"--resume {path} continues run {resumed_run}, but --output_dir {self.folder} holds run {folder_run}; "
+                f"give another --output_dir, or --overwrite to replace run {folder_run}"
+            )
+        changes = changed_settings(payload, self.config)
+        if changes and not self.config.resume_accept_changes:
+            raise UserError(
+                f"--resume {path} was trained with other settings: {'; '.join(changes)}; give the same flags, "
+                "or --resume_accept_changes to continue anyway"
+            )
+        for change in changes:
+            logger.warning("resuming with a changed setting (--resume_accept_changes): %s", change)
+        workers = payload["args"].get("num_workers")
+        if workers is not None and workers != self.config.num_workers:
+            logger.warning(
+                "--num_workers %d where the checkpoint ran with %d: each loader worker draws its own augmentation "
+                "stream, so the run goes on, but not draw for draw as it would have",
+                self.config.num_workers,
+                workers,
+            )
+        return payload
+
+    def resume(self, state: TrainState, path: Path, payload: dict[str, Any], max_iterations: int) -> None:
+        """Continue from ``payload`` (:meth:`load` of ``path``): weights, optimiser, schedule,
+        scaler, counters, random streams and the position inside an interrupted epoch. A new
+        length re-plans the poly schedule as if the run had been planned so."""
         load_weights(unwrap(state.model), payload["model"], path)
         state.optimizer.load_state_dict(payload["optimizer"])
         state.scheduler.load_state_dict(payload["scheduler"])
@@ -163,23 +199,6 @@ class Checkpointer:
             replan(state, max_iterations, payload["scheduler"]["total_iters"])
         where = f"inside epoch {state.epoch} after {state.batches_done} batches" if within else f"at epoch {state.epoch}"
         logger.info("resumed run %s from %s %s, iteration %d", state.run_id, path, where, state.iteration)
-
-    def _checked(self, path: Path) -> dict[str, Any]:
-        payload = load_checkpoint(path)
-        if payload.get("format") != FORMAT:
-            raise UserError(f"--resume {path} is not a training checkpoint of this repository (a plain state dict?)")
-        missing = [name for name in RESUME_FIELDS if name not in payload]
-        if missing:
-            raise CheckpointError(f"--resume {path} lacks {', '.join(missing)}: it cannot be resumed; start a new run")
-        changes = changed_settings(payload, self.config)
-        if changes and not self.config.resume_accept_changes:
-            raise UserError(
-                f"--resume {path} was trained with other settings: {'; '.join(changes)}; give the same flags, "
-                "or --resume_accept_changes to continue anyway"
-            )
-        for change in changes:
-            logger.warning("resuming with a changed setting (--resume_accept_changes): %s", change)
-        return payload
 
     def _restore_streams(self, payload: dict[str, Any], path: Path, epoch: int) -> dict[str, Any]:
         """Restore this process's random streams; returns them."""

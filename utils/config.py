@@ -105,8 +105,11 @@ class RunConfig:
             )
         if self.dist_timeout <= 0:
             raise UserError(f"--dist_timeout must be a positive number of minutes, got {self.dist_timeout}")
-        if self.resume and self.overwrite:
-            raise UserError("--resume and --overwrite contradict each other: continue the run or replace it, not both")
+        if self.resume and self.overwrite and (self.resume == AUTO or _inside(self.resume, self.output_dir)):
+            raise UserError(
+                f"--resume {self.resume} and --overwrite contradict each other: continue the run in --output_dir "
+                f"{self.output_dir} or replace it, not both"
+            )
         if self.val_cases and self.kind == IMAGES:
             raise UserError(
                 f"--val_cases is for volume data; --dataset {self.dataset} evaluates on its validation list "
@@ -120,6 +123,10 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return Path(folder).resolve() in Path(path).resolve().parents
 
 
 def resolve_config(flags: Mapping[str, Any] | Any, ignored: tuple[str, ...] = ()) -> tuple[RunConfig, list[str]]:

@@ -22,6 +22,7 @@ import csv
 import json
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -148,13 +149,33 @@ def prefetched(cases: Iterable[dict]) -> Iterator[dict]:
             yield case
 
 
-def _write_metrics(folder: str | Path, content: dict, rows: list[list]) -> Path:
-    """``metrics.json`` (full precision) and ``metrics.csv`` in ``folder``; returns the JSON's path."""
+def _write_metrics(folder: str | Path, content: dict, rows: list[list], source: dict | None) -> Path:
+    """``metrics.json`` (full precision; ``source`` says what was scored) and ``metrics.csv`` in
+    ``folder``, each written whole or not at all: both go to temporary files first, so a full
+    disk leaves the previous pair as it was. Returns the JSON's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / METRICS_JSON).write_text(json.dumps(content, indent=2) + "\n")
-    with open(folder / METRICS_CSV, "w", newline="") as stream:
-        csv.writer(stream).writerows(rows)
+    if source is not None:
+        content = {"source": source, **content}
+    written = []
+    try:
+        for name, write in (
+            (METRICS_JSON, lambda f: f.write(json.dumps(content, indent=2) + "\n")),
+            (METRICS_CSV, lambda f: csv.writer(f).writerows(rows)),
+        ):
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            written.append((tmp, folder / name))
+            with open(tmp, "w", newline="") as stream:
+                write(stream)
+        for tmp, target in written:
+            os.replace(tmp, target)
+    except OSError as error:
+        raise UserError(
+            f"could not write {folder / METRICS_JSON} ({error.strerror or error}); free disk space and rerun"
+        ) from None
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
     return folder / METRICS_JSON
 
 
@@ -278,9 +299,10 @@ class VolumeResult:
         ]
         return [*rows, ["mean", "", "all", f"{self.mean_dice:.6f}", f"{self.mean_hd95:.6f}"]]
 
-    def write(self, folder: str | Path) -> Path:
-        """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
-        return _write_metrics(folder, self.to_dict(), self.csv_rows())
+    def write(self, folder: str | Path, source: dict | None = None) -> Path:
+        """Write ``metrics.json`` (full precision; ``source`` names what was scored) and
+        ``metrics.csv`` into ``folder``."""
+        return _write_metrics(folder, self.to_dict(), self.csv_rows(), source)
 
 
 def _volume_example(case: dict, prediction: np.ndarray) -> dict:
@@ -469,9 +491,10 @@ class ImageResult:
             ["pooled", c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1)
         ]
 
-    def write(self, folder: str | Path) -> Path:
-        """Write ``metrics.json`` (full precision) and ``metrics.csv`` into ``folder``."""
-        return _write_metrics(folder, self.to_dict(), self.csv_rows())
+    def write(self, folder: str | Path, source: dict | None = None) -> Path:
+        """Write ``metrics.json`` (full precision; ``source`` names what was scored) and
+        ``metrics.csv`` into ``folder``."""
+        return _write_metrics(folder, self.to_dict(), self.csv_rows(), source)
 
 
 class ImageEvaluator(_Evaluator):

@@ -150,7 +150,7 @@ class TrainingLog:
             return
         result.log(f"{kind} evaluation after epoch {state.epoch}")
         logger.info("%s evaluation took %.1f s", kind, seconds)
-        result.write(self.folder / EVAL_FOLDER / f"epoch_{state.epoch}")
+        result.write(self.folder / EVAL_FOLDER / f"epoch_{state.epoch}", {"run_id": state.run_id, "epoch": state.epoch})
         result.add_to(self.writer, kind, state.iteration)
         example = result.example
         picture = panel(example["image"], example["prediction"], example["label"], self.num_classes)
@@ -326,6 +326,7 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     checkpoint = resume_path(config)
     if config.resume == AUTO:
         logger.info("--resume auto: %s", f"continuing from {checkpoint}" if checkpoint else "no last.pth yet, starting fresh")
+    resumed = checkpointer.load(checkpoint)  # checked before anything of the run is written
     logger.info(
         "device %s, %d process(es), network %s, output %s",
         placement.device,
@@ -337,6 +338,9 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
     model = build_model(config, placement)
+    evaluator = build_evaluator(
+        dataset_info(config.dataset), config.num_classes, list(config.class_names), eval_settings(config, placement)
+    )
     train_set, eval_cases, eval_kind = training_data(config, placement)
     loader = build_loader(config, placement, train_set)
     plan = Plan.of(config, loader, eval_kind)
@@ -344,15 +348,24 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     optimizer = build_optimizer(model, config.lr)
     scaler = torch.amp.GradScaler(placement.device.type, enabled=config.amp == "fp16")
     state = TrainState(model, optimizer, build_scheduler(optimizer, plan.max_iterations), scaler, run_id=new_run_id())
-    if checkpoint is not None:
-        checkpointer.resume(state, checkpoint, plan.max_iterations)
+    if resumed is not None:
+        checkpointer.resume(state, checkpoint, resumed, plan.max_iterations)
     if placement.main:
         (Path(config.output_dir) / ARGS_FILE).write_text(
             json.dumps({"run_id": state.run_id, **config.to_json()}, indent=2) + "\n"
         )
     logger.info("run %s", state.run_id)
     state.model = wrap_model(model, config, placement)
-    settings = EvalSettings(
+    criterion = CEDiceLoss(config.ce_weight, config.dice_weight)
+    run = Run(
+        config, placement, plan, loader, criterion, evaluator, eval_cases, checkpointer, TrainingLog(config, placement), stop
+    )
+    return run, state
+
+
+def eval_settings(config: RunConfig, placement: Placement) -> EvalSettings:
+    """How the periodic evaluation runs: test.py's protocol, this process's share of the cases."""
+    return EvalSettings(
         (config.img_size, config.img_size),
         config.eval_batch_size or default_batch_size(placement.device),
         placement.device,
@@ -361,20 +374,6 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
         rank=placement.rank,
         world_size=placement.world_size,
     )
-    evaluator = build_evaluator(dataset_info(config.dataset), config.num_classes, list(config.class_names), settings)
-    run = Run(
-        config,
-        placement,
-        plan,
-        loader,
-        CEDiceLoss(config.ce_weight, config.dice_weight),
-        evaluator,
-        eval_cases,
-        checkpointer,
-        TrainingLog(config, placement),
-        stop,
-    )
-    return run, state
 
 
 def build_model(config: RunConfig, placement: Placement) -> torch.nn.Module:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from datasets.catalog import IMAGES, DatasetInfo, class_names, dataset_info
-from utils.checkpoint import is_self_describing, load_checkpoint, model_from_payload
+from utils.checkpoint import is_self_describing, load_checkpoint, model_from_payload, sha256
 from utils.devices import Placement, default_batch_size, select_device
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, Evaluator, Spacing, build_evaluator
@@ -164,6 +164,11 @@ class Predictor:
             batch_size=batch_size if batch_size is not None else default_batch_size(run_device),
             run_id=run_id,
         )
+
+    def source(self) -> dict[str, Any]:
+        """What this predictor scores, for a results file: the checkpoint's path and sha256, and
+        the training run that wrote it (None for a plain state dict)."""
+        return {"checkpoint": str(self.checkpoint.resolve()), "sha256": sha256(self.checkpoint), "run_id": self.run_id}
 
     @property
     def class_names(self) -> list[str]:
