@@ -26,7 +26,7 @@ from utils.checkpoint import is_self_describing, load_checkpoint, model_from_pay
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, Evaluator, build_evaluator
 from utils.inference import default_batch_size, select_device
-from utils.loader import DAEFORMER, load_network_class, network_arguments, to_device
+from utils.loader import DAEFORMER, class_count, load_network_class, network_arguments, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Predictor:
             )
             logger.info("%s is a plain state dict: loading it into %s(%s)", path, module, kwargs)
             model, train_args, run_id = model_from_payload(payload, path, module, kwargs), {}, None
-        predicted = kwargs["num_classes"]
+        predicted = class_count(kwargs) or info.num_classes  # (a library network names it classes, out_channels...)
         if num_classes is not None and num_classes != predicted:
             raise UserError(f"--num_classes {num_classes} disagrees with {path}, which predicts {predicted} classes")
         run_device = select_device(device)
