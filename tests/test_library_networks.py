@@ -217,3 +217,17 @@ def test_a_library_that_is_not_installed_names_the_package_to_install():
         "ModuleLoadError --module monai.networks.nets.BasicUNet: the library 'monai' is not installed; "
         "pip install monai==1.6.1 (the version the tests use, requirements-test.txt)\n"
     )
+
+
+def test_a_timm_encoder_loads_its_pretrained_weights_from_a_local_file(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("resnet10t", pretrained=False)
+    path = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    overlay = {"encoder_weights": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    kwargs = {"classes": 2, "in_channels": 3, "encoder_name": "tu-resnet10t", **SMALL_SMP, **overlay}
+    model = build_network("segmentation_models_pytorch.Unet", kwargs)
+    assert torch.equal(model.encoder.model.conv1[0].weight, source.conv1[0].weight)

@@ -601,9 +601,12 @@ def compare(paths: Sequence[str | Path], out: str | Path, reference: str | Path 
     check_comparable(runs)
     for run in runs[1:]:
         aligned(run, runs[0].cases)
-    for run in runs:
-        run.cost = measure_cost(run)
     groups = group_runs(runs)
+    for group in groups:  # (one network and recipe: one cost, measured once)
+        try:
+            group.first.cost = measure_cost(group.first)
+        except UserError as error:  # e.g. its library is not installed here: the table says n/a
+            print(f"warning: {group.label}: no parameter count or GMACs ({error})", file=sys.stderr)
     reference_group = None
     if reference is not None:
         wanted = find_metrics(Path(reference))[0].resolve()
