@@ -231,3 +231,17 @@ def test_a_timm_encoder_loads_its_pretrained_weights_from_a_local_file(tmp_path)
     kwargs = {"classes": 2, "in_channels": 3, "encoder_name": "tu-resnet10t", **SMALL_SMP, **overlay}
     model = build_network("segmentation_models_pytorch.Unet", kwargs)
     assert torch.equal(model.encoder.model.conv1[0].weight, source.conv1[0].weight)
+
+
+def test_a_checkpoint_rebuild_can_skip_the_pretrained_weights_it_will_replace(tmp_path):
+    # what utils.checkpoint can pass: the checkpoint's weights replace the encoder's anyway
+    code = (
+        "from utils.loader import build_network\n"
+        "kwargs = {'classes': 2, 'in_channels': 1, 'encoder_name': 'resnet18', 'encoder_weights': 'imagenet'}\n"
+        "model = build_network('segmentation_models_pytorch.Unet', kwargs, pretrained=False)\n"
+        "print(kwargs['encoder_weights'], len(model.state_dict()))\n"
+    )
+    result = run_offline(code, str(tmp_path / "empty-cache"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = len(smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=2).state_dict())
+    assert result.stdout.split() == ["imagenet", str(expected)]

@@ -262,15 +262,22 @@ def _describe(output: Any) -> str:
     return type(output).__name__
 
 
-def build_network(path: str, kwargs: dict[str, Any]) -> nn.Module:
+def build_network(path: str, kwargs: dict[str, Any], pretrained: bool = True) -> nn.Module:
     """Build the network of ``--module path`` with constructor arguments ``kwargs``.
 
     The one way every script and checkpoint builds a network: a checkpoint stores ``path`` and
     ``kwargs`` and is rebuilt through here. Nothing is downloaded: pretrained weights a
     constructor argument asks for load from the local cache or the build fails. The network
     carries the :func:`segmentation_logits` hook, so every caller gets logits from it.
+
+    ``pretrained=False`` builds without the pretrained weights ``kwargs`` ask for (their
+    arguments set to None): for a network whose weights come from a checkpoint next, which
+    then rebuilds on a machine whose cache lacks them. Both builds have the same state-dict keys.
     """
     cls = load_network_class(path)
+    if not pretrained:
+        parameters = inspect.signature(cls.__init__).parameters
+        kwargs = {**kwargs, **{name: None for name in WEIGHT_ARGUMENTS if name in kwargs or name in parameters}}
     requested = _requested_weights(cls, kwargs)
     try:
         with _hub_offline() if requested else contextlib.nullcontext():
