@@ -21,11 +21,10 @@ gives the network / baseline ratios, the way this project reports speed and memo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,6 +49,7 @@ from networks.blocks import MixFFN  # noqa: E402
 from utils import UserError, build_network, load_network_class, network_arguments, to_device  # noqa: E402
 from utils.devices import AMP_DTYPES, autocast, select_device  # noqa: E402
 from utils.loader import DAEFORMER, parse_model_kwargs  # noqa: E402
+from utils.profile import GIGA, forward_macs, train_mode  # noqa: E402
 
 NUM_CLASSES = 9  # Synapse: background + 8 organs
 DEFAULT_MODULE = DAEFORMER
@@ -65,8 +64,6 @@ DEFAULT_WARMUP = {"cpu": 1, "cuda": 3}
 SEED = 0
 FORWARD, FORWARD_BACKWARD = "forward", "forward_backward"
 MODES = (FORWARD, FORWARD_BACKWARD)
-FLOPS_PER_MAC = 2  # FlopCounterMode counts a multiply-accumulate as 2 FLOPs
-GIGA = 1e9
 MEGA = 1e6
 
 # DAE-Former's published cost of one 224 x 224 slice, counted with fvcore (one unit per MAC).
@@ -102,31 +99,15 @@ class ParameterCount:
     without_gradient: tuple[str, ...]
 
 
-@contextlib.contextmanager
-def _mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def count_macs(model: nn.Module, example: torch.Tensor) -> MacCount:
-    """Multiply-accumulates of ``model(example)`` in eval mode, counted by FlopCounterMode.
-
-    FlopCounterMode counts 2 FLOPs per MAC for the operators it knows -- convolution (also
-    transposed, grouped), mm, addmm, bmm, baddbmm and the fused attention kernels -- and nothing
-    for softmax, normalisation, activations or element-wise arithmetic; biases are not counted.
+    """Multiply-accumulates of ``model(example)`` in eval mode, counted by
+    :func:`utils.profile.forward_macs` -- the count a run records and ``utils.compare`` shows.
 
     Args:
         model: any module.
         example: its input, e.g. a (1, 1, H, W) slice.
     """
-    with _mode(model, training=False), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example)
-    by_operator = {str(op): flops // FLOPS_PER_MAC for op, flops in counter.get_flop_counts()["Global"].items()}
-    return MacCount(counter.get_total_flops() // FLOPS_PER_MAC, by_operator)
+    return MacCount(*forward_macs(model, example))
 
 
 def count_parameters(model: nn.Module, example: torch.Tensor) -> ParameterCount:
@@ -137,7 +118,7 @@ def count_parameters(model: nn.Module, example: torch.Tensor) -> ParameterCount:
     """
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.zero_grad(set_to_none=True)
-    with _mode(model, training=True):
+    with train_mode(model, training=True):
         model(example).float().mean().backward()
     with torch.no_grad():
         for name, buffer in model.named_buffers():
@@ -179,7 +160,7 @@ def fvcore_reference_terms(model: nn.Module, example: torch.Tensor) -> dict[str,
         if isinstance(module, MixFFN):
             handles.append(module.fc1.register_forward_hook(on_fc1))
     try:
-        with _mode(model, training=False), torch.no_grad():
+        with train_mode(model, training=False), torch.no_grad():
             model(example)
     finally:
         for handle in handles:

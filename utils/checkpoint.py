@@ -176,7 +176,7 @@ def check_size(module: str, kwargs: dict[str, Any], source: str | Path) -> None:
     or hostile file cannot make the constructor take the machine's memory."""
     try:
         with torch.device("meta"):
-            count = sum(p.numel() for p in build_network(module, kwargs).parameters())
+            count = sum(p.numel() for p in build_network(module, kwargs, pretrained=False).parameters())
     except UserError:
         raise
     except Exception:  # a network that cannot be built on the meta device is counted when it is built

@@ -26,7 +26,7 @@ from utils.checkpoint import is_self_describing, load_checkpoint, model_from_pay
 from utils.devices import Placement, default_batch_size, select_device
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, Evaluator, Spacing, build_evaluator
-from utils.loader import DAEFORMER, load_network_class, network_arguments, to_device
+from utils.loader import DAEFORMER, class_count, load_network_class, network_arguments, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def recorded_settings(payload: dict[str, Any], path: Path) -> dict[str, Any]:
         "module": payload["module"],
         "model_kwargs": kwargs,
         "dataset": args.get("dataset", DEFAULT_DATASET),
-        "num_classes": kwargs.get("num_classes", args.get("num_classes")),
+        "num_classes": class_count(kwargs) or args.get("num_classes"),
         "img_size": args.get("img_size") or kwargs.get("img_size") or DEFAULT_IMG_SIZE,
     }
 
@@ -157,7 +157,7 @@ class Predictor:
             model_kwargs=kwargs,
             train_args=train_args,
             info=info,
-            num_classes=kwargs["num_classes"],
+            num_classes=class_count(kwargs) or info.num_classes,  # (a library network names it classes, out_channels...)
             img_size=size,
             device=run_device,
             amp=amp,
