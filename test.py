@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> None:
         logger.info(note)
     torch.backends.cudnn.deterministic = bool(args.deterministic)
     predictor = load(args, placement)
-    target = classify_volume_path(args.test_path or predictor.info.test_path, predictor.info.kind, "--test_path")
+    target = classify_volume_path(args.test_path or predictor.info.test_path, predictor.info.kind, "--test_path (--volume_path)")
     save_dir = results.open()
     if target.files:
         logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(target.files), target.folder)

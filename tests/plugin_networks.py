@@ -54,3 +54,18 @@ class SignalGroupAt(SignalAt):
                 self.once_file.touch()
                 os.killpg(os.getpgid(0), signal.SIGTERM)
         return UNet.forward(self, x)
+
+
+class HalfSizeLogits(UNet):
+    """Breaks the network contract: its logits are half the input's height and width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(super().forward(x), 2)
+
+
+class CountsOnly(UNet):
+    """Breaks the network contract: it returns a tuple holding no logits at the input's size."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = super().forward(x)
+        return logits.mean(dim=(2, 3)), logits.sum(dim=(1, 2, 3))

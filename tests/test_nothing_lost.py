@@ -298,3 +298,61 @@ def test_under_torchrun_a_sigterm_to_the_whole_group_stops_every_process_cleanly
     assert payload["run_id"] == json.loads((stopped / "args.json").read_text())["run_id"]
     assert group_run([*torchrun, *signalled_args(phantom, stopped, tmp_path / "once", "--device", "cpu")]).returncode == 0
     assert load_checkpoint(stopped / "last.pth")["epoch"] == 1 and (stopped / "SignalGroupAt_epoch_1.pth").exists()
+
+
+# -- the network is checked once, where it is built ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("network", "said"),
+    [
+        ("tests.plugin_networks.HalfSizeLogits", "returned logits of shape (2, 9, 16, 16) for a (2, 1, 32, 32) input"),
+        ("tests.plugin_networks.CountsOnly", "returned tuple(Tensor(2, 9), Tensor(2))"),
+    ],
+)
+def test_a_network_that_breaks_the_contract_is_one_line_before_anything_is_written(phantom, tmp_path, capsys, network, said):
+    args = tiny_train_args(phantom, tmp_path / "run", "--max_epochs", "1")
+    args[args.index("--module") + 1] = network
+    assert train_script.main(args[1:]) == 2
+    message = last_error(capsys)
+    assert message.startswith("train.py: error: ") and said in message
+    assert not (tmp_path / "run" / "args.json").exists()
+
+
+def test_test_py_and_the_api_check_a_checkpoints_network_too(phantom, trained_run, tmp_path, capsys):
+    payload = load_checkpoint(trained_run / "last.pth")
+    payload["module"] = "tests.plugin_networks.HalfSizeLogits"  # same weights, a forward that breaks the contract
+    save_checkpoint(tmp_path / "half.pth", payload)
+    assert load_test_script().main(phantom_test_args(phantom, tmp_path / "half.pth", tmp_path / "out")) == 2
+    assert "HalfSizeLogits in train mode returned logits of shape (2, 9, 16, 16)" in last_error(capsys)
+    from utils.predictor import Predictor
+
+    with pytest.raises(UserError, match=r"the contract is \(2, 9, 32, 32\)"):
+        Predictor.from_checkpoint(tmp_path / "half.pth")
+
+
+def test_the_check_leaves_no_trace_on_batchnorm_statistics_or_random_streams():
+    from utils.contract import check_network
+
+    # in train mode this network moves its BatchNorm statistics and draws dropout masks
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Dropout(0.5)).eval()
+    torch.nn.init.constant_(model[0].bias, 2.0)  # a zero batch then moves the running mean
+    before = [buffer.clone() for buffer in model.buffers()]
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    check_network(model, 3, 1, 32, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    assert not model.training
+    model.train()(torch.zeros(1, 1, 4, 4))  # the same forward outside the check does move them
+    assert not torch.equal(before[0], model[1].running_mean)
+
+
+def test_a_mistyped_volume_path_is_named_not_a_file_of_the_default_list(phantom, trained_run, tmp_path, capsys):
+    missing = tmp_path / "Synapse_typo"
+    args = ["--ckpt", str(trained_run / "last.pth"), "--volume_path", str(missing), "--test_save_dir", str(tmp_path / "out")]
+    assert load_test_script().main(args) == 2
+    message = last_error(capsys)
+    assert message.startswith(f"test.py: error: --test_path (--volume_path) {missing} does not exist; pass a NIfTI scan")
+    assert "case0008" not in message

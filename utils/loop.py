@@ -34,6 +34,7 @@ from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
 from datasets.synapse import slices_to_volumes, split_cases
 from utils.checkpointer import Checkpointer, TrainState, resume_path
 from utils.config import AUTO, RunConfig
+from utils.contract import check_network
 from utils.devices import Placement, default_batch_size
 from utils.errors import UserError
 from utils.evaluation import EvalResult, EvalSettings, Evaluator, build_evaluator
@@ -378,6 +379,7 @@ def eval_settings(config: RunConfig, placement: Placement) -> EvalSettings:
 
 def build_model(config: RunConfig, placement: Placement) -> torch.nn.Module:
     model = to_device(build_network(config.module, config.model_kwargs), placement.device)
+    check_network(model, config.num_classes, dataset_info(config.dataset).in_chans or 1, config.img_size, placement.device)
     if config.use_checkpoint:
         model.set_grad_checkpointing(True)
     arguments = ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items())

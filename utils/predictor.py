@@ -23,6 +23,7 @@ from torch import nn
 
 from datasets.catalog import IMAGES, DatasetInfo, class_names, dataset_info
 from utils.checkpoint import is_self_describing, load_checkpoint, model_from_payload, sha256
+from utils.contract import check_network
 from utils.devices import Placement, default_batch_size, select_device
 from utils.errors import UserError
 from utils.evaluation import EvalSettings, Evaluator, Spacing, build_evaluator
@@ -151,8 +152,10 @@ class Predictor:
             model, train_args, run_id = model_from_payload(payload, path, module, kwargs), {}, None
             size = img_size or kwargs.get("img_size") or DEFAULT_IMG_SIZE
         run_device = device if isinstance(device, torch.device) else select_device(device)
+        model = to_device(model, run_device)
+        check_network(model, class_count(kwargs) or info.num_classes, info.in_chans or 1, size, run_device)
         return cls(
-            model=to_device(model.eval(), run_device),
+            model=model.eval(),
             checkpoint=path,
             model_kwargs=kwargs,
             train_args=train_args,
