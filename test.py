@@ -37,7 +37,8 @@ from datasets.catalog import DATASETS, IMAGES
 from datasets.common import DataError
 from datasets.readers import evaluation_cases
 from utils.checkpoint import find_checkpoint
-from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags, ignored_note
+from utils.cli import SWIN_CONFIG_FLAGS, HelpFormatter, add_ignored_flags, ignored_note
+from utils.config import lists_beside
 from utils.devices import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, Placement, leave_process_group, place_process
 from utils.errors import UserError, os_error_line
 from utils.evaluation import Spacing, parse_spacing
@@ -66,7 +67,7 @@ IGNORED_FLAGS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument(
         "--test_path",
@@ -140,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument("--z_spacing", type=int, default=1, help="slice spacing written into the saved NIfTI files")
     hardware = parser.add_argument_group("hardware")
-    hardware.add_argument("--device", default="auto", choices=DEVICES)
+    hardware.add_argument("--device", default="auto", choices=DEVICES, help="where to run")
     hardware.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision for inference")
-    hardware.add_argument("--deterministic", type=int, default=1, choices=(0, 1))
+    hardware.add_argument("--deterministic", type=int, default=1, choices=(0, 1), help="deterministic cuDNN")
     add_ignored_flags(parser, IGNORED_FLAGS)
     return parser
 
@@ -243,7 +244,10 @@ def evaluate(
 ) -> None:
     """Score the labelled cases of ``test_path`` with the published protocol; write metrics.*."""
     info = predictor.info
-    list_file = Path(args.list_dir or info.list_dir) / info.test_list
+    list_dir = args.list_dir or lists_beside(test_path, info.test_list) or info.list_dir
+    if not args.list_dir and Path(list_dir) != Path(info.list_dir):
+        logger.info("--list_dir %s (the lists beside the test data)", list_dir)
+    list_file = Path(list_dir) / info.test_list
     cases = evaluation_cases(info, test_path, list_file, predictor.num_classes)
     evaluator = predictor.evaluator(args.metric_convention, spacing, args.eval_workers, placement)
     what = "image(s)" if info.kind == IMAGES else "volume(s)"

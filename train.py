@@ -1,16 +1,8 @@
-"""Train a segmentation network on 2D slices with the published DAE-Former recipe.
+"""Train a segmentation network on 2D slices with the published DAE-Former recipe, on a CPU, a
+GPU, or many through torchrun (docs/training.md). The published command:
 
-    python train.py --root_path ./data/Synapse/train_npz --test_path ./data/Synapse/test_vol_h5 \
-        --batch_size 20 --eval_interval 20 --max_epochs 400 --module networks.DAEFormer.DAEFormer
-
-Runs on CPU, one CUDA GPU, or many GPUs / machines through ``torchrun`` (DistributedDataParallel).
-Everything it writes goes under ``--output_dir``: log.txt, args.json, TensorBoard scalars and
-panels, self-describing checkpoints (last.pth every epoch, best.pth by validation Dice,
-{model_name}_epoch_{N}.pth at each evaluation) and each evaluation's metrics.json / metrics.csv
-(eval/epoch_{N}/), written by the same engine as test.py's.
-
-The script parses, resolves the run's settings once (utils/config.py), builds the run and fits it
-(utils/loop.py); the recipe's loop is ``utils.loop.fit``.
+  python train.py --root_path ./data/Synapse/train_npz --test_path ./data/Synapse/test_vol_h5
+      --batch_size 20 --eval_interval 20 --max_epochs 400 --module networks.DAEFormer.DAEFormer
 """
 
 from __future__ import annotations
@@ -25,7 +17,7 @@ from pathlib import Path
 from datasets.augment import AUGMENTATIONS
 from datasets.catalog import DATASETS
 from datasets.common import DataError
-from utils.cli import SWIN_CONFIG_FLAGS, add_ignored_flags
+from utils.cli import SWIN_CONFIG_FLAGS, HelpFormatter, add_ignored_flags
 from utils.config import RunConfig, resolve_config
 from utils.devices import AMP_DTYPES, DEVICES, DIST_TIMEOUT_MIN, leave_process_group, place_process
 from utils.errors import UserError, os_error_line
@@ -43,106 +35,75 @@ IGNORED_FLAGS = (*SWIN_CONFIG_FLAGS, "--n_gpu", "--z_spacing")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data (defaults come from the --dataset table)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    data = parser.add_argument_group("data (unset paths and classes come from the --dataset table)")
     data.add_argument(
         "--dataset",
         default="Synapse",
-        help=f"a data set of the table in datasets/catalog.py ({', '.join(DATASETS)}) or the path of "
-        "the dataset.json that datasets.prepare.nifti writes for your own data",
+        help=f"{', '.join(DATASETS)} or your data's dataset.json",
     )
-    data.add_argument("--root_path", help="folder of the training slices (.npz), or of images/ and masks/ for 2D image data")
-    data.add_argument("--test_path", help="folder of the evaluation volumes (.npy.h5) or images, for the periodic evaluation")
-    data.add_argument("--list_dir", help="folder holding the list files (train.txt, test_vol.txt, ...)")
+    data.add_argument("--root_path", help="training slices (.npz), or images/ and masks/")
+    data.add_argument("--test_path", help="evaluation volumes (.npy.h5) or images")
+    data.add_argument("--list_dir", help="list files (default: lists/ beside the data, else the table's)")
     data.add_argument("--num_classes", type=int, help="classes including background")
-    data.add_argument("--img_size", type=int, default=224, help="network input size; slices are resized to it")
+    data.add_argument("--img_size", type=int, default=224, help="network input size")
     data.add_argument("--augment", default="daeformer", choices=AUGMENTATIONS, help="training augmentation")
-    data.add_argument(
-        "--val_cases",
-        type=int,
-        default=0,
-        help="hold out the last K training cases as validation volumes for best.pth; "
-        "0 = the published behaviour (periodic evaluation on the test volumes)",
-    )
-    data.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader worker processes")
 
     model = parser.add_argument_group("network")
-    model.add_argument("--module", default=DAEFORMER, help="network class as package.module.ClassName")
-    model.add_argument("--model_kwargs", default="{}", help="extra constructor arguments as JSON, e.g. '{\"base_channels\": 16}'")
-    model.add_argument("--in_chans", type=int, help="input channels passed to the constructor (default: the network's own)")
-    model.add_argument("--model_name", help="prefix of the periodic checkpoints (default: the class name of --module)")
+    model.add_argument("--module", default=DAEFORMER, metavar="CLASS", help="package.module.ClassName")
+    model.add_argument("--model_kwargs", default="{}", metavar="JSON", help="constructor arguments")
+    model.add_argument("--in_chans", type=int, help="input channels (default: the network's)")
+    model.add_argument("--model_name", help="checkpoint prefix (default: the class name)")
     model.add_argument(
         "--use-checkpoint",
         "--use_checkpoint",
         dest="use_checkpoint",
         action="store_true",
-        help="activation checkpointing: recompute the transformer blocks' activations in the backward "
-        "pass (same gradients, less memory); the network must offer set_grad_checkpointing",
+        help="activation checkpointing: less memory",
     )
 
-    optim = parser.add_argument_group("optimisation (the published recipe by default)")
-    optim.add_argument("--max_epochs", type=int, default=400)
-    optim.add_argument("--max_iterations", type=int, help="stop after this many iterations if that comes before --max_epochs")
-    optim.add_argument("--batch_size", type=int, default=24, help="batch size per process and micro-batch")
+    optim = parser.add_argument_group("training (the published recipe by default)")
+    optim.add_argument("--max_epochs", type=int, default=400, help="epochs")
+    optim.add_argument("--max_iterations", type=int, help="stop earlier, after N iterations")
+    optim.add_argument("--batch_size", type=int, default=24, help="slices per micro-batch and process")
     optim.add_argument(
         "--accumulation-steps",
         "--accumulation_steps",
         dest="accumulation_steps",
         type=int,
         default=1,
-        help="micro-batches of --batch_size per optimisation step (gradient accumulation): the step "
-        "sees batch_size x N slices; the lr rule and the schedule count optimisation steps",
+        help="micro-batches per optimiser step",
     )
-    optim.add_argument("--base_lr", type=float, default=0.05)
+    optim.add_argument("--base_lr", type=float, default=0.05, help="SGD learning rate")
     optim.add_argument(
         "--lr_batch_rule",
         default="reference",
         choices=LR_RULES,
-        help=f"reference: scale the lr by batch/{REFERENCE_BATCH} when the batch is not {REFERENCE_BATCH} "
-        f"but divisible by {REFERENCE_BATCH_DIVISOR}, as the published code does",
+        help=f"reference: lr x batch/{REFERENCE_BATCH} if batch %% {REFERENCE_BATCH_DIVISOR} == 0",
     )
-    optim.add_argument("--ce_weight", type=float, default=CE_WEIGHT)
-    optim.add_argument("--dice_weight", type=float, default=DICE_WEIGHT)
-    optim.add_argument("--seed", type=int, default=1234)
+    optim.add_argument("--ce_weight", type=float, default=CE_WEIGHT, help="cross-entropy weight")
+    optim.add_argument("--dice_weight", type=float, default=DICE_WEIGHT, help="Dice loss weight")
+    optim.add_argument("--seed", type=int, default=1234, help="random seed")
     optim.add_argument("--deterministic", type=int, default=1, choices=(0, 1), help="deterministic cuDNN")
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="./model_out")
-    run.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations (0: never evaluate)")
-    run.add_argument(
-        "--eval_batch_size", type=int, help="slices per forward pass when evaluating volumes (default: 16 on a GPU, 1 on a CPU)"
-    )
-    run.add_argument(
-        "--eval_workers",
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="processes computing evaluation metrics while the network predicts the next case",
-    )
-    run.add_argument("--device", default="auto", choices=DEVICES)
-    run.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision (fp16 uses a GradScaler)")
-    run.add_argument("--compile", action="store_true", help="torch.compile the network")
-    run.add_argument(
-        "--resume",
-        help="checkpoint to continue from, or 'auto': OUTPUT_DIR/last.pth when it exists, else a "
-        "fresh start (one command for the first launch and every requeue)",
-    )
-    run.add_argument(
-        "--resume_accept_changes",
-        action="store_true",
-        help="resume even though run-defining settings (network, batch, data, lr, size) differ from the "
-        "checkpoint's; without it such a resume is refused, naming each change",
-    )
-    run.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the run already in --output_dir (its checkpoints, logs and args.json are removed first)",
-    )
-    run.add_argument(
-        "--dist_timeout",
-        type=float,
-        default=DIST_TIMEOUT_MIN,
-        help="minutes a process waits in a collective operation under torchrun before giving up",
-    )
+    evaluation = parser.add_argument_group("evaluation during training")
+    evaluation.add_argument("--eval_interval", type=int, default=20, help="epochs between evaluations (0: none)")
+    evaluation.add_argument("--val_cases", type=int, default=0, help="validation cases for best.pth")
+    evaluation.add_argument("--eval_batch_size", type=int, help="default: 16 on a GPU, 1 on a CPU")
+    evaluation.add_argument("--eval_workers", type=int, default=min(4, os.cpu_count() or 1), help="metric processes")
+
+    run = parser.add_argument_group("output and runs")
+    run.add_argument("--output_dir", default="./model_out", help="the run's folder")
+    run.add_argument("--resume", help="checkpoint, or auto: last.pth if any")
+    run.add_argument("--resume_accept_changes", action="store_true", help="resume despite changed settings")
+    run.add_argument("--overwrite", action="store_true", help="replace the run in --output_dir")
+
+    hardware = parser.add_argument_group("hardware")
+    hardware.add_argument("--device", default="auto", choices=DEVICES, help="where to train")
+    hardware.add_argument("--amp", default="off", choices=tuple(AMP_DTYPES), help="mixed precision")
+    hardware.add_argument("--compile", action="store_true", help="torch.compile the network")
+    hardware.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    hardware.add_argument("--dist_timeout", type=float, default=DIST_TIMEOUT_MIN, help="minutes torchrun processes wait")
     add_ignored_flags(parser, IGNORED_FLAGS)
     return parser
 

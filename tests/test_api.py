@@ -1,4 +1,4 @@
-"""The Python API of the README runs as written and predicts exactly as test.py does."""
+"""The Python API of docs/api.md runs as written and predicts exactly as test.py does."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from utils.predictor import Predictor
 
 
 def readme_example() -> str:
-    section = (REPO / "README.md").read_text().split("## Python API", 1)[1]
+    section = (REPO / "docs" / "api.md").read_text()
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -22,7 +22,7 @@ def test_the_readme_example_gives_test_py_s_numbers(phantom, trained_run, tmp_pa
     code = readme_example().replace("runs/demo/last.pth", str(trained_run / "last.pth"))
     code = code.replace("data/phantom", str(phantom["out_dir"]))
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102 - the documentation's own example
     assert (
         load_test_script().main(phantom_test_args(phantom, trained_run / "last.pth", tmp_path, "--workers", "0", "--is_savenii"))
         == 0

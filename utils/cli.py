@@ -35,11 +35,47 @@ PUBLISHED_IGNORED_FLAGS: dict[str, dict] = {
 SWIN_CONFIG_FLAGS = ("--zip", "--cache-mode", "--amp-opt-level", "--tag", "--eval", "--throughput", "--opts")
 
 
+# Where the documentation lists the flags --help leaves out.
+COMPATIBILITY_DOC = "docs/training.md (Flags accepted for compatibility)"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, every option's default after its help (except defaults
+    that say nothing: None, False), and short metavars, so each option fits on one or two lines."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _get_default_metavar_for_optional(self, action: argparse.Action) -> str:
+        if action.type is int:
+            return "N"
+        if action.type is float:
+            return "X"
+        return "PATH" if action.dest.endswith(("_path", "_dir")) else action.dest.upper()
+
+
+def compatibility_epilog(flags: tuple[str, ...]) -> str:
+    """The one line of --help that says the hidden compatibility flags exist."""
+    return (
+        f"{len(flags)} more flags of the published scripts are accepted and ignored (a log line names any given); "
+        f"{COMPATIBILITY_DOC} lists them."
+    )
+
+
 def add_ignored_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
-    """Declare ``flags`` (keys of ``PUBLISHED_IGNORED_FLAGS``) in their own help group."""
-    group = parser.add_argument_group("accepted for compatibility with the published scripts, ignored")
+    """Declare ``flags`` (keys of ``PUBLISHED_IGNORED_FLAGS``): parsed, but left out of the usage
+    line and the listing, so --help shows only the flags that do something."""
     for flag in flags:
-        group.add_argument(flag, default=None, **PUBLISHED_IGNORED_FLAGS[flag])
+        group_help = {**PUBLISHED_IGNORED_FLAGS[flag], "help": argparse.SUPPRESS}
+        parser.add_argument(flag, default=None, **group_help)
+    parser.epilog = compatibility_epilog(flags)
 
 
 def ignored_given(args: argparse.Namespace | Mapping[str, Any], flags: tuple[str, ...]) -> list[str]:

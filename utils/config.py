@@ -45,6 +45,22 @@ POSITIVE = ("max_epochs", "batch_size", "img_size", "accumulation_steps", "eval_
 NON_NEGATIVE = ("val_cases", "eval_interval", "eval_workers", "num_workers")
 # Flags the --dataset table fills when they are not given.
 FROM_TABLE = ("num_classes", "root_path", "test_path", "list_dir", "in_chans")
+# The list folder that converters and generators write beside the data (DATA/lists).
+LISTS_BESIDE = "lists"
+
+
+def lists_beside(data_path: str | Path | None, list_file: str) -> Path | None:
+    """The ``lists/`` folder of a data folder, when it holds ``list_file``: ``data_path/lists``
+    (a data root, or a 2D image folder) or the one beside it (``DATA/train_npz`` or
+    ``DATA/test_vol_h5`` -> ``DATA/lists``). A data folder that carries its own lists then
+    needs no --list_dir, and never falls back to another data set's lists."""
+    if data_path is None:
+        return None
+    folder = Path(data_path)
+    for candidate in (folder / LISTS_BESIDE, folder.parent / LISTS_BESIDE):
+        if (candidate / list_file).is_file():
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,11 @@ def resolve_config(flags: Mapping[str, Any] | Any, ignored: tuple[str, ...] = ()
             f"--n_gpu {n_gpu} is not how this script uses several GPUs; run "
             f"torchrun --nproc_per_node {n_gpu} train.py ... (this run uses one device)"
         )
+    if values.get("list_dir") is None:
+        beside = lists_beside(values.get("root_path") or info.root_path, info.train_list)
+        if beside is not None:
+            values["list_dir"] = str(beside)
+            notes.append(f"--list_dir {beside} (the lists beside the training data)")
     for flag in FROM_TABLE:
         default = getattr(info, flag)
         if values.get(flag) is None and default is not None:

@@ -254,6 +254,28 @@ class VolumeResult:
         for name, (dice, hd95) in zip(self.class_names, self.per_class):
             logger.info("%-14s %9.2f %12.2f", name, 100 * dice, hd95)
         logger.info("%-14s %9.2f %12.2f", "mean", 100 * self.mean_dice, self.mean_hd95)
+        missed = self.never_predicted
+        if missed:
+            logger.warning(
+                "never predicted in any case that holds it: %s -- under the published convention a missed "
+                "organ scores Dice 0 and HD95 0, which lowers the mean Dice and also the mean HD95",
+                ", ".join(missed),
+            )
+
+    @property
+    def never_predicted(self) -> list[str]:
+        """Classes the network predicted in no case that holds them, read from the scores alone:
+        a missed class scores Dice 0 and HD95 0 under the published convention (an empty
+        prediction of an absent class too; predicting an absent class scores 1), HD95 NaN under
+        "nan"; a class predicted where it is present has an HD95 above 0 or a Dice above 0."""
+        if not len(self.cases):
+            return []
+        dice, hd95 = self.scores[..., 0], self.scores[..., 1]
+        if self.convention == "nan":
+            missed = np.all(np.isnan(hd95) & ~(dice > 0), axis=0)
+        else:
+            missed = np.all((dice == 0) & (hd95 == 0), axis=0)
+        return [name for name, flag in zip(self.class_names, missed) if flag]
 
     def add_to(self, writer: Any, tag: str, step: int) -> None:
         """TensorBoard scalars ``{tag}/mean_dice`` and ``{tag}/mean_hd95``."""
