@@ -227,9 +227,10 @@ def machine_description() -> str:
     operands, for one, cost microcode assists on some CPUs and nothing on others), so a figure
     means little without the machine behind it.
     """
+    threads = torch.get_num_threads()
     parts = [
         f"{cpu_name()} ({cpu_vendor()}, {logical_cpus()} logical CPUs, {torch.backends.cpu.get_cpu_capability()})",
-        f"torch {torch.__version__}, BLAS {blas_name()}, {torch.get_num_threads()} torch threads",
+        f"torch {torch.__version__}, BLAS {blas_name()}, {threads} torch thread{'s' if threads != 1 else ''}",
     ]
     if torch.cuda.is_available():
         count = torch.cuda.device_count()

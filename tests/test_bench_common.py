@@ -13,7 +13,8 @@ from bench.common import blas_name, cpu_name, cpu_vendor, logical_cpus, machine_
 def test_the_machine_line_names_cpu_cores_torch_blas_and_gpu():
     line = machine_description()
     assert line.startswith(f"machine: {cpu_name()} ({cpu_vendor()}, {logical_cpus()} logical CPUs, ")
-    assert f"torch {torch.__version__}, BLAS {blas_name()}, {torch.get_num_threads()} torch threads" in line
+    threads = torch.get_num_threads()
+    assert f"torch {torch.__version__}, BLAS {blas_name()}, {threads} torch thread{'s' if threads != 1 else ''}" in line
     if torch.cuda.is_available():
         assert f"GPU {torch.cuda.get_device_name(0)}" in line
     else:
