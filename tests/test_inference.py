@@ -31,3 +31,19 @@ def test_a_tie_goes_to_the_first_class_as_argmax_gives_it(batch_size):
     expected[:, :, : SIZE // 2] = 3
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, expected)
+
+
+class Float64Scores(nn.Module):
+    """Two classes whose float64 scores differ by 1e-12 -- equal once rounded to float32: class 1
+    wins only if the comparison keeps the network's own dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 2, *x.shape[2:], dtype=torch.float64)
+        logits[:, 0] = 1.0
+        logits[:, 1] = 1.0 + 1e-12
+        return logits
+
+
+def test_the_class_comparison_keeps_the_networks_dtype():
+    image = np.full((3, SIZE, SIZE), 0.5, dtype=np.float32)
+    np.testing.assert_array_equal(predict_volume(Float64Scores(), image, (SIZE, SIZE), 2), np.ones(image.shape, np.uint8))
