@@ -189,16 +189,57 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, or the platform's processor string."""
+def _cpuinfo_field(field: str) -> str | None:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read(), re.MULTILINE)
-        if match:
-            return match.group(1).strip()
+            match = re.search(rf"^{field}\s*:\s*(.+)$", cpuinfo.read(), re.MULTILINE)
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return None
+    return match.group(1).strip() if match else None
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, or the platform's processor string."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor id (``GenuineIntel``, ``AuthenticAMD``, ...), or the machine type."""
+    return _cpuinfo_field("vendor_id") or platform.machine() or "unknown vendor"
+
+
+def blas_name() -> str:
+    """The BLAS torch was built with, and its version when the build says (``mkl 2024.2``)."""
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    name = blas.group(1) if blas else "unknown BLAS"
+    version = re.search(r"Math Kernel Library Version ([\d.]+)", config) if name == "mkl" else None
+    return f"{name} {version.group(1)}" if version else name
+
+
+def machine_description() -> str:
+    """One line naming the machine a benchmark ran on, for its output: CPU model and vendor,
+    logical CPUs and the vector unit torch uses, torch version and BLAS, torch threads, the GPU
+    (name, count) when one is visible, and the 1-minute load average (on a shared machine the
+    timings depend on it).
+
+    Why: the same code can be several times faster or slower on another CPU (subnormal
+    operands, for one, cost microcode assists on some CPUs and nothing on others), so a figure
+    means little without the machine behind it.
+    """
+    threads = torch.get_num_threads()
+    parts = [
+        f"{cpu_name()} ({cpu_vendor()}, {logical_cpus()} logical CPUs, {torch.backends.cpu.get_cpu_capability()})",
+        f"torch {torch.__version__}, BLAS {blas_name()}, {threads} torch thread{'s' if threads != 1 else ''}",
+    ]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        parts.append(f"GPU {torch.cuda.get_device_name(0)}" + (f" (x{count})" if count > 1 else ""))
+    else:
+        parts.append("no GPU")
+    if hasattr(os, "getloadavg"):
+        parts.append(f"load average {os.getloadavg()[0]:.2f}")
+    return "machine: " + "; ".join(parts)
 
 
 def logical_cpus() -> int:

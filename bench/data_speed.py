@@ -31,7 +31,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import cpu_name, markdown_table  # noqa: E402
+from bench.common import cpu_name, machine_description, markdown_table  # noqa: E402
 from datasets.augment import AUGMENTATIONS  # noqa: E402
 from datasets.synapse import NpzSlices  # noqa: E402
 from datasets.synthetic.synapse import make_case  # noqa: E402
@@ -117,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run(args.slices, args.size, args.img_size, args.augment, args.repeats, args.seed)
     except ValueError as error:
         raise SystemExit(str(error)) from error
+    print(machine_description())
     print(
         f"{args.slices} phantom slices {args.size} -> {args.img_size}, one process, "
         f"{WORKER_THREADS} torch thread, {cpu_name()}; best of {args.repeats}"

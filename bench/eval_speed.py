@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bench.common import cpu_name, markdown_table
+from bench.common import cpu_name, machine_description, markdown_table
 from bench.metric_speed import SYNAPSE_DEPTH, SYNAPSE_SIZE, make_case, time_metrics
 from datasets.preprocess import preprocess_slice, resize_label
 from utils import build_network, load_network_class, network_arguments, to_device
@@ -79,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("metrics (8 organs)", metrics["medpy_s"], metrics["ours_s"]),
         ("end to end", naive_inference_s + metrics["medpy_s"], ours_inference_s + metrics["ours_s"]),
     ]
+    print(machine_description())
     print(
         f"one {args.depth}x{args.size}x{args.size} volume, {args.module} at {args.img_size}, "
         f"{cpu_name()}, {args.threads} threads; naive = 1 slice at a time + medpy, ours = batch {args.batch_size} + utils.metrics"

@@ -36,7 +36,7 @@ from typing import TypeVar
 
 import torch
 
-from bench.common import cpu_name, markdown_table, measure_step, run_in_fresh_process
+from bench.common import cpu_name, machine_description, markdown_table, measure_step, run_in_fresh_process
 from bench.train_speed import make_train_step
 from datasets.synthetic.synapse import generate_dataset
 from utils.loader import DAEFORMER
@@ -260,11 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = attempt("train.py", lambda: train_loop(plan, data, work / "run", device), failures)
         test_s = attempt("test.py", lambda: time_test_py(plan, data, work / "run"), failures) if loop else None
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
+    print(machine_description())
     print(f"{plan.module} at {plan.img_size}, batch {plan.batch}, on {where}, torch {torch.__version__}")
     rows = report_rows(plan, data["num_test_slices"], steps, loop, test_s, failures)
     print(markdown_table(["what", "time", "rate / ratio", "peak memory"], rows))
     if args.json:
-        report = {"device": where, "plan": asdict(plan), "steps": steps, "loop": loop, "test_s": test_s, "failures": failures}
+        report = {
+            "device": where,
+            "machine": machine_description(),
+            "plan": asdict(plan),
+            "steps": steps,
+            "loop": loop,
+            "test_s": test_s,
+            "failures": failures,
+        }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 1 if failures else 0
 

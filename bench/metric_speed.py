@@ -28,6 +28,7 @@ from scipy import ndimage
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine_description  # noqa: E402
 from utils.metrics import metrics_for_classes  # noqa: E402
 
 SYNAPSE_DEPTH = 148  # slices of a typical Synapse test volume
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         build_parser().error(str(error))
     names = {organ.label: organ.name for organ in ORGANS}
+    print(machine_description())
     print(f"volume {'x'.join(map(str, result['shape']))}, {NUM_CLASSES - 1} organs")
     print(f"{'organ':<12} {'dice':>8} {'hd95':>8}")
     for label, (dice_value, hd95_value) in enumerate(result["ours"], start=1):

@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     DEVICES,
     cpu_name,
     logical_cpus,
+    machine_description,
     markdown_table,
     measure_step,
     run_in_fresh_process,
@@ -260,6 +261,7 @@ def benchmark(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": threads,
         "logical_cpus": logical_cpus(),
+        "machine": machine_description(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "amp": amp,
         "img_size": img_size,
@@ -365,6 +367,7 @@ def format_report(result: dict[str, Any]) -> str:
     if settings["device"] == "cpu":
         threads = f", threads {settings['threads']} of {settings['logical_cpus']} CPUs"
     lines = [
+        settings["machine"],
         f"device: {settings['device']} ({settings['device_name']}{threads}), amp {settings['amp']}, "
         f"torch {settings['torch']}, slices {settings['img_size']}x{settings['img_size']}, "
         f"{settings['warmup']} warm-up + median of {settings['repeats']} timed steps",

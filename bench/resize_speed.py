@@ -20,6 +20,18 @@ show near-ties. Both paths run in the same process on the same volume:
 
 Printed: seconds per volume (median of ``--repeats`` after one warm-up that also builds the
 cached operators), the ratio to scipy, and how many voxels' labels differ from scipy's.
+
+    python -m bench.resize_speed --subnormals          # the operators' products, subnormals kept vs flushed
+
+``--subnormals`` checks the machine at hand for the cost of subnormal operands: for every
+precomputed operator the scripts build (the order-3 matrices of 512 -> 224 and 224 -> 512 in
+float32 and float64, on the CPU and on the GPU when there is one) it times the product the
+resize computes, ``(A @ x) @ A.T`` on ``--depth`` phantom slices, with the operator as cached
+(no subnormal entry, ``datasets.resize.flush_subnormals``) and with the same matrix rounded to
+its dtype with its subnormal entries kept, alternating the two ``--repeats`` times. Printed per
+operator: its subnormal count before the flush, both medians, their ratio (kept / flushed; about
+1 on a CPU that handles subnormal operands at full speed, 10 or more on one that takes a
+microcode assist for each), and the largest difference between the two results.
 """
 
 from __future__ import annotations
@@ -37,10 +49,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import cpu_name, logical_cpus, markdown_table  # noqa: E402
+from bench.common import cpu_name, logical_cpus, machine_description, markdown_table, time_step  # noqa: E402
 from datasets.common import IMAGE_MEAN, IMAGE_STD  # noqa: E402
 from datasets.preprocess import preprocess_slice, resize_label, resize_labels  # noqa: E402
-from datasets.resize import zoom_images  # noqa: E402
+from datasets.resize import spline_operator, spline_zoom_matrix, subnormal_count, zoom_images  # noqa: E402
 from datasets.synthetic.synapse import make_case  # noqa: E402
 from utils.inference import predict_volume  # noqa: E402
 
@@ -50,6 +62,9 @@ DEFAULT_SIZE = 512
 DEFAULT_IMG_SIZE = 224
 DEFAULT_BATCH = 16  # the evaluation engine's GPU batch; a 100-slice float64 batch outgrows the caches
 DEFAULT_SEED = 0
+# The resizes the scripts run: Synapse's stored 512x512 slices to the network's 224 and back.
+OPERATOR_PAIRS = ((512, 224), (224, 512))
+OPERATOR_DTYPES = (torch.float32, torch.float64)
 
 
 class FixedNetwork(torch.nn.Module):
@@ -105,6 +120,70 @@ def median_seconds(function: Callable[[], np.ndarray], repeats: int) -> tuple[fl
     return statistics.median(seconds), result
 
 
+def operator_product_seconds(
+    operator: torch.Tensor, slices: torch.Tensor, device: torch.device, repeats: int, other: torch.Tensor
+) -> tuple[list[float], list[float], float]:
+    """``(A @ x) @ A.T`` timed with ``operator`` and with ``other`` (same shape and dtype),
+    alternating, one untimed warm-up each: (seconds with operator, seconds with other, largest
+    absolute difference of the two products)."""
+    first, second = [], []
+    for _ in range(repeats):
+        for matrix, seconds in ((operator, first), (other, second)):
+            seconds += time_step(lambda m=matrix: (m @ slices) @ m.T, device, warmup=1, repeats=1)
+    difference = float(((operator @ slices) @ operator.T - (other @ slices) @ other.T).abs().max())
+    return first, second, difference
+
+
+def subnormal_rows(depth: int, repeats: int, seed: int, devices: Sequence[str]) -> list[dict]:
+    """One dict per (device, size pair, dtype): the cached operator's product against the same
+    matrix with its subnormal entries kept (see the module docstring)."""
+    rows = []
+    for name in devices:
+        device = torch.device(name)
+        for n_in, n_out in OPERATOR_PAIRS:
+            volume, _ = make_case(np.random.default_rng(seed), n_in, depth)
+            for dtype in OPERATOR_DTYPES:
+                flushed = spline_operator(n_in, n_out, device, dtype)
+                # The matrix as it was before the flush: rounded to dtype, subnormals and all.
+                kept = torch.from_numpy(spline_zoom_matrix(n_in, n_out)).to(dtype=dtype).to(device)
+                slices = torch.from_numpy(volume).to(device=device, dtype=dtype)
+                kept_s, flushed_s, difference = operator_product_seconds(kept, slices, device, repeats, flushed)
+                rows.append(
+                    {
+                        "device": name,
+                        "operator": f"{n_in} -> {n_out}",
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "subnormals": subnormal_count(kept),
+                        "kept_s": statistics.median(kept_s),
+                        "flushed_s": statistics.median(flushed_s),
+                        "max_difference": difference,
+                    }
+                )
+    return rows
+
+
+def print_subnormal_table(rows: Sequence[dict], depth: int, repeats: int) -> None:
+    print(f"(A @ x) @ A.T on {depth} phantom slices, median of {repeats} alternating runs of each")
+    print(
+        markdown_table(
+            ["operator", "device", "dtype", "subnormal entries", "kept s", "flushed s", "kept / flushed", "max |difference|"],
+            [
+                [
+                    row["operator"],
+                    row["device"],
+                    row["dtype"],
+                    row["subnormals"],
+                    f"{row['kept_s']:.4f}",
+                    f"{row['flushed_s']:.4f}",
+                    f"{row['kept_s'] / row['flushed_s']:.2f}x",
+                    f"{row['max_difference']:.1e}",
+                ]
+                for row in rows
+            ],
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="slices (default 100)")
@@ -114,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (median)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="phantom and weights seed")
+    parser.add_argument(
+        "--subnormals",
+        action="store_true",
+        help="instead: time each precomputed resize operator's product with its subnormal entries kept and flushed",
+    )
     return parser
 
 
@@ -156,10 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1:
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    if args.subnormals:
+        if args.depth < 1 or args.repeats < 1:
+            raise SystemExit(f"--depth and --repeats must be >= 1, got {args.depth} and {args.repeats}")
+        rows = subnormal_rows(args.depth, args.repeats, args.seed, ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        print(machine_description())
+        print_subnormal_table(rows, args.depth, args.repeats)
+        return 0
     try:
         rows = run(args.depth, args.size, args.img_size, args.batch_size, args.repeats, args.seed)
     except ValueError as error:
         raise SystemExit(str(error)) from error
+    print(machine_description())
     baseline = rows[0]["seconds"]
     voxels = args.depth * args.size * args.size
     print(

@@ -23,6 +23,7 @@ import torch
 
 from bench.common import (
     cpu_name,
+    machine_description,
     markdown_table,
     measure_step,
     run_in_fresh_process,
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {args.threads} threads"
+    print(machine_description())
     print(
         f"{args.module} training step, batch {args.batch_size}, {args.img_size}x{args.img_size}, {where}; "
         f"median of {args.repeats}; ratios against {base['variant']} in this run; memory: {base['memory_kind']}"
@@ -143,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(["variant", "s / step", "slices / s", "speed-up", "peak MiB", "memory ratio"], rows))
     if args.json:
         with open(args.json, "w") as stream:
-            json.dump({"args": vars(args), "device": where, "results": results}, stream, indent=2)
+            json.dump(
+                {"args": vars(args), "device": where, "machine": machine_description(), "results": results}, stream, indent=2
+            )
     return 0
 
 

@@ -71,6 +71,28 @@ def normalise_volume(volume: np.ndarray, clip: tuple[float, float] | None = None
         float32 (D, H, W) in [0, 1]; all zeros for a constant volume. With ``clip=CT_WINDOW`` it
         is the Synapse preprocessing.
     """
+    # Scans stored as integers of up to 16 bits (CT in HU is int16) take a float32 path that is
+    # bit for bit the float64 one without its 8-byte copies (0.47 -> 0.04 s for 96x512x512
+    # int16 voxels in the CT window, medians of 5 fresh processes on the README's AMD EPYC):
+    # with whole-number window bounds every value, ``low`` and every difference is a whole
+    # number below 2**24, exact in float32, so the only rounding is the division's, and a
+    # float32 quotient of exact operands equals the float64 quotient rounded to float32 (double
+    # rounding is harmless for division when 53 >= 2 * 24 + 2 bits).
+    whole_bounds = clip is None or all(float(b).is_integer() and abs(b) <= 2**20 for b in clip)
+    if volume.dtype.kind in "iu" and volume.dtype.itemsize <= 2 and volume.size and whole_bounds:
+        # min and max of the raw values, then clipped: clipping is monotone, so this equals the
+        # extremes of the clipped volume without a pass over a float copy.
+        low, high = float(volume.min()), float(volume.max())
+        if clip is not None:
+            low, high = (min(max(v, float(clip[0])), float(clip[1])) for v in (low, high))
+        if high == low:
+            return np.zeros(volume.shape, np.float32)
+        values = volume.astype(np.float32)
+        if clip is not None:
+            np.clip(values, clip[0], clip[1], out=values)
+        values -= np.float32(low)
+        values /= np.float32(high - low)
+        return values
     values = volume.astype(np.float64)
     if clip is not None:
         values = np.clip(values, clip[0], clip[1])

@@ -19,6 +19,12 @@ A quirk the operators reproduce rather than fix: for some sizes the last sample 
 network input has its last row and column set to 0 (intensity 0, -1 after normalisation), and
 a 512 -> 224 label resize gives class 0 there. 224 -> 512 has no such row.
 
+Subnormal numbers: the cached matrices hold none in their compute dtype (entries below the
+smallest normal number are set to 0, ``flush_subnormals``): on CPUs that handle subnormal
+operands in microcode they made a float32 512 -> 224 resize 13x slower (an Intel Xeon, issue 18), and they are far below the
+rounding of any sum they take part in. ``python -m bench.resize_speed --subnormals`` times each operator
+against a copy of itself with the subnormals kept, on the machine at hand.
+
 Precision: ``zoom`` filters in float64 and rounds once to the output dtype; the matrices are
 built in float64 and, by default, applied in float64 too, so a float32 result equals scipy's
 to about one float32 rounding (see ``bench/resize_speed.py`` for what float32 products change).
@@ -86,9 +92,48 @@ def nearest_zoom_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.rint(_zoom_1d(ramp, n_out, NEAREST_ORDER)).astype(np.int64) - 1
 
 
+def flush_subnormals(operator: torch.Tensor) -> torch.Tensor:
+    """``operator`` with every entry whose magnitude is below the smallest normal number of its
+    dtype (``torch.finfo(dtype).tiny``) set to 0, in place; returned for chaining.
+
+    Why: many CPUs (Intel's among them) multiply a subnormal operand in microcode, tens of times
+    slower than a normal one, so a matrix product with a few thousand subnormal entries can take
+    ten times as long. Zeroing them changes a product's entry by at most (entries per row) x
+    ``tiny`` x max|x| -- 6e-36 for a 512-entry float32 row and x in [0, 1] -- far below the
+    rounding of any value it is added to, so only results that are themselves ~0 can differ
+    (``bench.resize_speed --subnormals`` prints the largest difference). Done on the operator itself, never with ``torch.set_flush_denormal``, which would change the arithmetic
+    of the caller's whole process.
+    """
+    if operator.is_floating_point():
+        operator[operator.abs() < torch.finfo(operator.dtype).tiny] = 0
+    return operator
+
+
+def subnormal_count(operator: torch.Tensor) -> int:
+    """Entries of a floating-point tensor that are subnormal in its own dtype (0 is not)."""
+    if not operator.is_floating_point():
+        return 0
+    magnitude = operator.abs()
+    return int(((magnitude > 0) & (magnitude < torch.finfo(operator.dtype).tiny)).sum())
+
+
 @lru_cache(maxsize=OPERATOR_CACHE_SIZE)
 def _spline_operator(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(spline_zoom_matrix(n_in, n_out)).to(device=device, dtype=dtype)
+    # The prefilter's inverse decays geometrically away from the diagonal: rounded to float32,
+    # thousands of entries of a 512 -> 224 matrix are subnormal (down to 1.4e-45). Flushed in
+    # the compute dtype, before the move, so every device gets the same normal-only operator.
+    matrix = torch.from_numpy(spline_zoom_matrix(n_in, n_out)).to(dtype=dtype)
+    return flush_subnormals(matrix).to(device=device)
+
+
+def spline_operator(
+    n_in: int, n_out: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """The cached (n_out, n_in) order-3 operator that ``zoom_images`` multiplies by: the
+    ``spline_zoom_matrix`` in ``dtype`` on ``device``, with no subnormal entry. Shared, not a
+    copy: do not modify it."""
+    n_in, n_out = _check_length(n_in, "n_in"), _check_length(n_out, "n_out")
+    return _spline_operator(n_in, n_out, torch.device(device), dtype)
 
 
 @lru_cache(maxsize=OPERATOR_CACHE_SIZE)

@@ -1,11 +1,13 @@
 """Augmentations: image and label stay aligned, label values survive, randomness is torch's."""
 
+import math
 import random
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datasets.augment import (
@@ -19,9 +21,11 @@ from datasets.augment import (
     SomeOf,
     TorchvisionPairAugmentation,
     TransUNetAugmentation,
+    blur_after_resize,
     build_augmentation,
     daeformer_transforms,
 )
+from datasets.synthetic.synapse import _interpolation_weights as synthetic_interpolation_weights
 
 SIZE = 64
 BLOCK = 8
@@ -376,3 +380,28 @@ def test_after_a_resize_blur_and_noise_are_rescaled_to_the_stored_slice():
     assert same[2].sigma == pytest.approx(NOISE_STD) and list(same[3].sigma) == [1.0, 1.0]
     with pytest.raises(ValueError, match="both stored_size and img_size"):
         build_augmentation("daeformer", (64, 64))
+
+
+@pytest.mark.parametrize(("stored", "expected_sigma", "expected_kernel"), [(None, 1.0, 7), ((512, 512), 0.4375, 5)])
+def test_the_blur_kernel_holds_no_subnormal_and_reaches_its_hand_computed_corner(stored, expected_sigma, expected_kernel):
+    sigma, kernel = (1.0, 7) if stored is None else blur_after_resize(stored, (224, 224))
+    assert (sigma, kernel) == (expected_sigma, expected_kernel)
+    blur = next(t for t in daeformer_transforms(blur_sigma=sigma, blur_kernel=kernel) if isinstance(t, v2.GaussianBlur))
+    impulse = torch.zeros(1, 31, 31)
+    impulse[0, 15, 15] = 1.0
+    # The blur of a unit impulse far from the borders is the kernel it applies.
+    response = blur(tv_tensors.Image(impulse))[0]
+    half = kernel // 2
+    taps = [math.exp(-(x**2) / (2 * sigma**2)) for x in range(-half, half + 1)]
+    corner = (taps[0] / sum(taps)) ** 2  # 1.97e-5 for sigma 1, 7 taps; 6.38e-10 for 0.4375, 5
+    assert response[15 - half, 15 - half].item() == pytest.approx(corner, rel=1e-5)
+    assert response.abs().max() > 0 and response[response != 0].abs().min() >= torch.finfo(torch.float32).tiny
+
+
+def test_the_phantoms_interpolation_weights_hold_no_subnormal():
+    # Their Gaussian tails rounded to float32 held 1,032 subnormal entries for 512 pixels from
+    # 80 nodes; set to 0, the rows keep their unit sum of squares.
+    weights = synthetic_interpolation_weights(512, 80)
+    tiny = np.finfo(np.float32).tiny
+    assert not ((weights != 0) & (np.abs(weights) < tiny)).any()
+    np.testing.assert_allclose((weights.astype(np.float64) ** 2).sum(axis=1), 1.0, atol=1e-6)

@@ -22,7 +22,8 @@ def test_the_report_runs_every_stage_and_projects_the_recipe_from_the_measured_p
     assert loop["s_per_iteration"] > 0 and loop["eval_s"] > 0 and report["test_s"] > 0
     projected = f"{37_200 * loop['s_per_iteration'] / 60:.1f} min"
     table = result.stdout.splitlines()
-    assert table[0].startswith("networks.UNet.UNet at 32, batch 4, on ")
+    assert table[0].startswith("machine: ") and f"torch {torch.__version__}" in table[0]
+    assert table[1].startswith("networks.UNet.UNet at 32, batch 4, on ")
     assert any("published recipe, projected" in line and projected in line for line in table)
     assert sum(line.startswith("| ") for line in table) == 6  # header + step, loop, projection, test.py, train.py
 

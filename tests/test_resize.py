@@ -12,8 +12,11 @@ from datasets.preprocess import (
     resize_labels,
 )
 from datasets.resize import (
+    flush_subnormals,
     nearest_zoom_indices,
+    spline_operator,
     spline_zoom_matrix,
+    subnormal_count,
     zoom_images,
     zoom_labels,
 )
@@ -168,3 +171,50 @@ def test_bad_arguments_raise_one_line_errors():
         resize_labels(torch.zeros(1, 4, 4), (8, 8))
     with pytest.raises(ValueError, match=r"images must be a tensor \(B, H, W\)"):
         preprocess_batch(np.zeros((1, 4, 4), np.float32), (2, 2))
+
+
+# The scripts' pairs (512 <-> 224), and a spread of others: small to large, odd and even, each to
+# 224 and back, plus pairs that do not involve 224 at all.
+SPREAD = (64, 97, 128, 149, 255, 256, 301, 384, 447, 512, 513, 640, 767, 800, 1000, 1023, 1024)
+SUBNORMAL_PAIRS = sorted(
+    {(n, 224) for n in SPREAD}
+    | {(224, n) for n in SPREAD}
+    | {(a, b) for a in (64, 255, 513, 1023) for b in (97, 512, 1024) if a != b}
+)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_flush_subnormals_zeroes_exactly_the_entries_below_the_smallest_normal():
+    tiny = torch.finfo(torch.float32).tiny  # 2**-126
+    values = torch.tensor([1e-45, -1e-40, tiny, -tiny, 0.5, 0.0], dtype=torch.float32)
+    assert subnormal_count(values) == 2
+    flushed = flush_subnormals(values.clone())
+    assert flushed.tolist() == [0.0, 0.0, tiny, -tiny, 0.5, 0.0]
+    assert subnormal_count(flushed) == 0
+    # Below float32's smallest normal but normal in float64: kept there.
+    assert flush_subnormals(torch.tensor([1e-40], dtype=torch.float64)).item() == 1e-40
+
+
+def test_the_512_to_224_float32_matrix_would_hold_subnormals_without_the_flush():
+    # What the flush exists for (issue 18): the prefilter's inverse rounded to float32.
+    raw = torch.from_numpy(spline_zoom_matrix(512, 224)).float()
+    assert subnormal_count(raw) == 4902
+    operator = spline_operator(512, 224, "cpu", torch.float32)
+    assert subnormal_count(operator) == 0
+    # Only the subnormal entries changed; every normal entry is the float32 rounding as before.
+    normal = raw.abs() >= torch.finfo(torch.float32).tiny
+    assert torch.equal(operator[normal], raw[normal]) and not operator[~normal].any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_cached_operator_holds_a_subnormal(dtype, device):
+    holding = []
+    for n_in, n_out in SUBNORMAL_PAIRS:
+        # Through the resize itself, so the operators checked are the ones it caches and uses.
+        zoom_images(torch.zeros(1, n_in, 3, device=device), (n_out, 3), dtype)
+        operator = spline_operator(n_in, n_out, device, dtype)
+        assert operator.dtype == dtype and operator.shape == (n_out, n_in)
+        if subnormal_count(operator):
+            holding.append((n_in, n_out, subnormal_count(operator)))
+    assert holding == []

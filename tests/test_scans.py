@@ -122,3 +122,35 @@ def test_labels_of_the_wrong_shape_are_refused(tmp_path):
     scan = read_scan(path)
     with pytest.raises(ValueError, match=r"labels have shape \(5, 6, 6\)"):
         write_prediction(scan, np.zeros((5, 6, 6), np.uint8), tmp_path / "out.nii.gz")
+
+
+def float64_normalisation(volume: np.ndarray, clip) -> np.ndarray:
+    """The definition, written out in float64: clip, min-max scale, round once to float32."""
+    values = volume.astype(np.float64)
+    if clip is not None:
+        values = np.clip(values, clip[0], clip[1])
+    low, high = values.min(), values.max()
+    if high == low:
+        return np.zeros(volume.shape, np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def test_normalising_a_ct_window_by_hand():
+    hu = np.array([[[-1024, -125, 75], [275, 1000, 0]]], dtype=np.int16)
+    out = normalise_volume(hu, CT_WINDOW)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[[0.0, 0.0, 0.5], [1.0, 1.0, 0.3125]]])
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int8, np.uint8, np.int32, np.float32])
+@pytest.mark.parametrize("clip", [None, CT_WINDOW, (-1024.0, 3071.0), (0.5, 99.5), (7.0, 7.0)])
+def test_normalisation_equals_the_float64_definition_bit_for_bit(dtype, clip):
+    # Integers of up to 16 bits take a float32 path; it must give the float64 result exactly,
+    # also for window bounds that are not whole numbers (those take the float64 path).
+    rng = np.random.default_rng(3)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        volume = rng.integers(max(info.min, -(2**20)), min(info.max, 2**20), (6, 40, 40), endpoint=True).astype(dtype)
+    else:
+        volume = rng.uniform(-2000, 3000, (6, 40, 40)).astype(dtype)
+    np.testing.assert_array_equal(normalise_volume(volume, clip), float64_normalisation(volume, clip))

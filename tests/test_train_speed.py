@@ -25,3 +25,4 @@ def test_the_layout_variants_run_and_the_speed_up_is_the_ratio_of_the_medians(tm
     ]
     assert [row[0] for row in rows] == ["fp32+nchw", "fp32"]
     assert rows[1][3] == speed_up and rows[0][3] == "1.00x"
+    assert result.stdout.startswith("machine: ")

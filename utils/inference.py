@@ -60,11 +60,20 @@ def predict_volume(
     chunk = max(batch_size, RESIZE_CHUNK)
     for start in range(0, image.shape[0], chunk):
         x = preprocess_batch(volume[start : start + chunk].to(device, non_blocking=True), img_size)
-        argmax = []
-        for batch in x.split(batch_size):
+        # Each batch's class indices are written straight into one buffer per chunk (no list,
+        # no cat, no copy) and converted to uint8 once per chunk: at batch 1 on a CPU every extra
+        # small operation per slice costs a round trip of the thread pool, which can cost more
+        # than a cheap network itself.
+        indices = torch.empty((len(x), *x.shape[2:]), dtype=torch.int64, device=device)
+        for offset, batch in zip(range(0, len(x), batch_size), x.split(batch_size)):
             with autocast(device, amp):
-                # uint8 before the nearest resize: the gather then moves a byte per voxel, not 8
-                argmax.append(model(batch).argmax(dim=1).to(torch.uint8))
-        labels = zoom_labels(torch.cat(argmax), (height, width))
+                logits = model(batch)
+            # max(dim=1).indices is argmax(dim=1), the first maximum on ties included, but on
+            # a CPU it reduces the strided class axis ~10x faster (3.7-9.2 -> 0.5 ms per 224x224
+            # slice of 9 classes on the README's AMD EPYC). The maxima go to a scratch tensor
+            # of the logits' own dtype, so no rounding can create or break a tie.
+            torch.max(logits, dim=1, out=(logits.new_empty(0), indices[offset : offset + len(batch)]))
+        # uint8 before the nearest resize: the gather then moves a byte per voxel, not 8.
+        labels = zoom_labels(indices.to(torch.uint8), (height, width))
         prediction[start : start + len(labels)] = labels.cpu().numpy()
     return prediction
