@@ -146,3 +146,13 @@ def test_the_config_checks_itself_where_it_is_built(phantom, tmp_path):
         type(config)(**{**config.__dict__, "num_classes": 1})
     with pytest.raises(UserError, match="--eval_interval must be at least 0, got -1"):
         type(config)(**{**config.__dict__, "eval_interval": -1})
+
+
+def test_a_run_records_its_networks_cost_for_the_comparison_table(trained_run):
+    from utils.checkpoint import load_checkpoint, model_from_payload
+    from utils.profile import network_cost
+
+    recorded = json.loads((trained_run / "args.json").read_text())["network_cost"]
+    model = model_from_payload(load_checkpoint(trained_run / "last.pth"), trained_run / "last.pth")
+    assert recorded == network_cost(model, None, 32)
+    assert recorded["params"] == sum(p.numel() for p in model.parameters()) > 0

@@ -201,7 +201,8 @@ def model_from_payload(
         if module is not None and module != payload["module"]:
             raise CheckpointError(f"{source} holds a {payload['module']} network but --module {module} was given; drop --module")
         check_size(payload["module"], payload["model_kwargs"], source)
-        model = build_network(payload["module"], payload["model_kwargs"])
+        # (its weights come from the checkpoint: pretrained weights its arguments name are not fetched)
+        model = build_network(payload["module"], payload["model_kwargs"], pretrained=False)
         load_weights(model, payload["model"], source)
         return model
     if module is None:

@@ -33,6 +33,7 @@ from datasets.lists import read_list
 from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
 from datasets.synapse import slices_to_volumes, split_cases
 from utils.checkpointer import Checkpointer, TrainState, resume_path
+from utils.compare import COST_KEY
 from utils.config import AUTO, RunConfig
 from utils.contract import check_network
 from utils.devices import Placement, default_batch_size
@@ -40,6 +41,7 @@ from utils.errors import UserError
 from utils.evaluation import EvalResult, EvalSettings, Evaluator, build_evaluator
 from utils.loader import build_network, to_device
 from utils.losses import CEDiceLoss
+from utils.profile import network_cost
 from utils.runs import ARGS_FILE, EVAL_FOLDER, SPLIT_FILE, TENSORBOARD_FOLDER, VAL_CASES_FILE, StopSignal, new_run_id
 from utils.training import StepLosses, build_optimizer, build_scheduler, seed_everything, train_step, unwrap
 from utils.visualize import panel
@@ -352,9 +354,10 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     if resumed is not None:
         checkpointer.resume(state, checkpoint, resumed, plan.max_iterations)
     if placement.main:
-        (Path(config.output_dir) / ARGS_FILE).write_text(
-            json.dumps({"run_id": state.run_id, **config.to_json()}, indent=2) + "\n"
-        )
+        # The network's cost per slice, measured once, for the comparison table (utils.compare).
+        cost = network_cost(model, dataset_info(config.dataset).in_chans, config.img_size)
+        recorded = {"run_id": state.run_id, **config.to_json(), COST_KEY: cost}
+        (Path(config.output_dir) / ARGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
     logger.info("run %s", state.run_id)
     state.model = wrap_model(model, config, placement)
     criterion = CEDiceLoss(config.ce_weight, config.dice_weight)
