@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fresh start (one command for the first launch and every requeue)",
     )
     run.add_argument(
+        "--init",
+        help="start a NEW run from the network weights of a checkpoint (a run's .pth or a plain state dict "
+        "such as the published weights); tensors of another shape (the head for another class count, the "
+        "first layer for another channel count) keep their fresh initialisation and are named in the log; "
+        "optimiser, schedule and epoch start fresh",
+    )
+    run.add_argument(
         "--resume_accept_changes",
         action="store_true",
         help="resume even though run-defining settings (network, batch, data, lr, size) differ from the "

@@ -7,6 +7,7 @@ told. The published DAE-Former weights are a plain state dict; they load too, gi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import secrets
@@ -81,6 +82,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's content, read in chunks: checkpoints can be hundreds of MB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def link_checkpoint(source: str | Path, target: str | Path) -> None:

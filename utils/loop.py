@@ -32,7 +32,7 @@ from datasets.common import IMAGE_MEAN, IMAGE_STD, DataError
 from datasets.lists import read_list
 from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
 from datasets.synapse import slices_to_volumes, split_cases
-from utils.checkpointer import Checkpointer, TrainState, resume_path
+from utils.checkpointer import Checkpointer, TrainState, initialise_from, resume_path
 from utils.config import AUTO, RunConfig
 from utils.devices import Placement, default_batch_size
 from utils.errors import UserError
@@ -337,6 +337,8 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
     model = build_model(config, placement)
+    if config.init is not None:
+        initialise_from(model, config.init).log()
     train_set, eval_cases, eval_kind = training_data(config, placement)
     loader = build_loader(config, placement, train_set)
     plan = Plan.of(config, loader, eval_kind)
