@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,17 @@ def ct_volume(seed: int = 0) -> sitk.Image:
 def write_series(image: sitk.Image, folder: Path, uid: str = SERIES_UID) -> None:
     """One DICOM file per axial slice, with the tags that give a series its order and geometry."""
     folder.mkdir(parents=True, exist_ok=True)
+    # GDCM's writer switches the process to the C locale and leaves it so: Python's default text
+    # encoding would become ASCII for every later test (a subprocess's UTF-8 output then fails
+    # to decode). Reading a series does not; the writer is only in the tests.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(image, folder, uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image: sitk.Image, folder: Path, uid: str) -> None:
     writer = sitk.ImageFileWriter()
     writer.SetImageIO("GDCMImageIO")  # scanners write files without a suffix
     writer.KeepOriginalImageUIDOn()
