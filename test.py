@@ -41,7 +41,7 @@ from utils.cli import SWIN_CONFIG_FLAGS, HelpFormatter, add_ignored_flags, ignor
 from utils.config import lists_beside
 from utils.devices import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, Placement, leave_process_group, place_process
 from utils.errors import UserError, os_error_line
-from utils.evaluation import Spacing, parse_spacing
+from utils.evaluation import Spacing, class_positions, parse_class_list, parse_spacing
 from utils.loader import DAEFORMER, load_network_class, parse_model_kwargs
 from utils.logs import setup_logging
 from utils.metrics import CONVENTIONS
@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=min(4, os.cpu_count() or 1),
         help="processes computing metrics while the network predicts the next case (0 = in this process)",
+    )
+    evaluation.add_argument(
+        "--report_classes",
+        help="report and average over these classes only: comma-separated names or ids, e.g. the published 8 "
+        "of a 13-organ network (aorta,gallbladder,left kidney,right kidney,liver,pancreas,spleen,stomach)",
     )
     output = parser.add_argument_group("output")
     output.add_argument("--test_save_dir", help="where results go (default OUTPUT_DIR/test)")
@@ -250,6 +255,9 @@ def evaluate(
     list_file = Path(list_dir) / info.test_list
     cases = evaluation_cases(info, test_path, list_file, predictor.num_classes)
     evaluator = predictor.evaluator(args.metric_convention, spacing, args.eval_workers, placement)
+    reported = parse_class_list(args.report_classes) if args.report_classes else None
+    if reported:  # a misspelt class is reported before the cases are predicted, not after
+        class_positions(predictor.class_names, range(1, predictor.num_classes), reported)
     what = "image(s)" if info.kind == IMAGES else "volume(s)"
     scoring = "" if info.kind == IMAGES else f", convention {args.metric_convention!r}, HD95 in {evaluator.settings.unit}"
     size = predictor.img_size
@@ -261,6 +269,8 @@ def evaluate(
         on_case=case_writer(args, predictor, save_dir),
         progress=lambda items, total: tqdm(items, total=total, desc="cases", leave=False, disable=not placement.main),
     )
+    if reported:
+        result = result.select(reported)
     if placement.main:
         result.log(f"{'test images' if info.kind == IMAGES else 'test volumes'} of {predictor.checkpoint}")
         result.write(save_dir, predictor.source())

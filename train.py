@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("output and runs")
     run.add_argument("--output_dir", default="./model_out", help="the run's folder")
     run.add_argument("--resume", help="checkpoint, or auto: last.pth if any")
+    run.add_argument("--init", help="start a new run from a checkpoint's weights (fine-tuning)")
     run.add_argument("--resume_accept_changes", action="store_true", help="resume despite changed settings")
     run.add_argument("--overwrite", action="store_true", help="replace the run in --output_dir")
 

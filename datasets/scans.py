@@ -1,5 +1,6 @@
-"""New scans for a trained network: read a NIfTI scan in the orientation the network was trained
-on, and write a predicted label volume back onto the scan's own grid.
+"""New scans for a trained network: read a NIfTI scan (or a DICOM series, a folder) in the
+orientation the network was trained on, and write a predicted label volume back onto the scan's
+own grid, as NIfTI.
 
 A 2D network learns the in-plane orientation of its training slices: a scan stored sagittally, or
 with its rows flipped, gives it images it never saw and a plausible-looking wrong segmentation.
@@ -90,9 +91,35 @@ class Scan:
         return (z, y, x)
 
 
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order; [] when it holds none.
+
+    Raises:
+        DataError: the folder holds several series (which one is the scan is not ours to guess).
+    """
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if len(series) > 1:
+        raise DataError(
+            f"{folder} holds {len(series)} DICOM series ({', '.join(series[:3])}"
+            f"{' ...' if len(series) > 3 else ''}); put each series in a folder of its own"
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])) if series else []
+
+
+def _read_series(folder: Path) -> sitk.Image:
+    files = dicom_series_files(folder)
+    if not files:
+        raise DataError(f"{folder} is a folder without a DICOM series; give a scan file or a folder of one series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
 def _read_image(path: Path) -> sitk.Image:
     try:
-        image = sitk.ReadImage(str(path))
+        # A folder is a DICOM series (scanners write one file per slice); GDCM orders the slices
+        # by their position and gives the volume its geometry.
+        image = _read_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise DataError(f"{path} is not a readable image file: {' '.join(str(error).split())[:200]}") from None
     if image.GetDimension() != 3:
@@ -162,10 +189,11 @@ def orientation_of(image: sitk.Image) -> str:
 
 
 def read_scan(path: str | Path, clip: tuple[float, float] | None = None, orientation: str = CANONICAL_ORIENTATION) -> Scan:
-    """Read a 3D scan (any format SimpleITK reads, e.g. ``.nii.gz``) for the network.
+    """Read a 3D scan (any format SimpleITK reads, e.g. ``.nii.gz``, or a folder holding one DICOM
+    series) for the network.
 
     Args:
-        path: the scan.
+        path: the scan file, or the folder of a DICOM series.
         clip: intensity window (e.g. ``CT_WINDOW`` in HU) applied before min-max scaling, or None.
         orientation: the orientation the network was trained on.
 

@@ -3,6 +3,14 @@
 A U-shaped pure transformer: a 3-stage encoder of dual-attention blocks, a decoder that fuses
 each encoder skip through Skip Connection Cross Attention, and a 4x sub-pixel head. The
 defaults build the published Synapse configuration, whose checkpoint loads strictly.
+
+The paper ablates the skip connections; ``skips`` and ``skip_attention`` build its variants.
+The three encoder outputs (56x56, 28x28, 14x14 for a 224 input) can each be fused into the
+decoder level of their size, shallowest first: the published network fuses two (56x56 and 28x28)
+through SCCA and feeds the 14x14 output straight into its decoder -- the reference builds the
+14x14 fusion too but never calls it; ``skips=3`` calls it, with the tensor names of the
+published checkpoint. Without ``skip_attention`` a skip is concatenated and projected, as a
+plain U-Net skip is.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ UNUSED_REFERENCE_MODULES = re.compile(r"decoder_2\.(x1_linear|cross_attn|concat_
 PATCH_EMBEDDINGS = ((7, 4), (3, 2), (3, 2))
 INPUT_DIVISOR = 16
 FINAL_UPSCALE = 4
+MAX_SKIPS = 3  # one per encoder stage
 
 
 class Encoder(nn.Module):
@@ -59,17 +68,21 @@ class Encoder(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """One decoder level: fuse the skip (SCCA), two dual-attention blocks, upsample.
+    """One decoder level: fuse the skip (SCCA, or a concatenation, or none), two dual-attention
+    blocks, upsample.
 
     (B, N, in_dim) path and (B, N, dim) skip -> (B, 4N, dim/2) tokens, or, for the last stage,
     (B, num_classes, 4H, 4W) logits.
     """
 
-    def __init__(self, in_dim: int, dim: int, heads: int, num_classes: int | None = None) -> None:
+    def __init__(
+        self, in_dim: int, dim: int, heads: int, num_classes: int | None = None, skip: bool = True, attention: bool = True
+    ) -> None:
         super().__init__()
         self.x1_linear = nn.Linear(in_dim, dim)
-        self.cross_attn = SkipCrossAttention(dim)
-        self.concat_linear = nn.Linear(2 * dim, dim)
+        # Registration order (projection, attention, concat) follows the published state dict.
+        self.cross_attn = SkipCrossAttention(dim) if skip and attention else None
+        self.concat_linear = nn.Linear(2 * dim, dim) if skip else None
         if num_classes is None:
             self.layer_up = PatchExpand(dim, dim // 2, scale=2)
             self.last_layer = None
@@ -80,7 +93,11 @@ class DecoderStage(nn.Module):
         self.layer_former_2 = DualAttentionBlock(dim, heads)
 
     def forward(self, path: torch.Tensor, skip: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        x = self.concat_linear(self.cross_attn(self.x1_linear(path), skip, height, width))
+        x = self.x1_linear(path)
+        if self.cross_attn is not None:
+            x = self.concat_linear(self.cross_attn(x, skip, height, width))
+        elif self.concat_linear is not None:
+            x = self.concat_linear(torch.cat([x, skip], dim=2))
         x = self.layer_former_2(self.layer_former_1(x, height, width), height, width)
         x = self.layer_up(x, height, width)
         if self.last_layer is None:
@@ -111,6 +128,10 @@ class DAEFormer(nn.Module):
         dims: channels of the three encoder stages (published: 128, 320, 512).
         depths: dual-attention blocks per encoder stage (published: 2, 2, 2).
         heads: channel-attention heads of every block (published: 8).
+        skips: encoder outputs fused into the decoder, shallowest first, 0-3 (published: 2, the
+            56x56 and 28x28 ones; 3 adds the 14x14 fusion the reference builds but never calls).
+        skip_attention: fuse the skips through Skip Connection Cross Attention (published) or,
+            False, by concatenation and a linear projection.
 
     Shapes: (B, 1 or in_chans, H, W) -> logits (B, num_classes, H, W), no softmax.
     """
@@ -123,6 +144,8 @@ class DAEFormer(nn.Module):
         dims: tuple[int, int, int] = (128, 320, 512),
         depths: tuple[int, int, int] = (2, 2, 2),
         heads: int = 8,
+        skips: int = 2,
+        skip_attention: bool = True,
     ) -> None:
         super().__init__()
         dims, depths = tuple(dims), tuple(depths)
@@ -136,18 +159,28 @@ class DAEFormer(nn.Module):
             )
         if min(depths) < 0:
             raise ValueError(f"DAEFormer: depths must be non-negative, got {depths}")
+        if skips not in range(MAX_SKIPS + 1):
+            raise ValueError(f"DAEFormer: skips must be 0 to {MAX_SKIPS} (published: 2), got {skips}")
         if img_size % INPUT_DIVISOR:
             raise ValueError(f"DAEFormer: img_size must be a multiple of {INPUT_DIVISOR}, got {img_size}")
         self.num_classes = num_classes
         self.img_size = img_size
         self.in_chans = in_chans
+        self.skips, self.skip_attention = skips, skip_attention
         self.backbone = Encoder(in_chans, dims, depths, heads)
-        self.decoder_2 = BottleneckExpand(dims[2])
-        self.decoder_1 = DecoderStage(dims[2] // 2, dims[1], heads)
-        self.decoder_0 = DecoderStage(dims[1] // 2, dims[0], heads, num_classes=num_classes)
+        fused = [level < skips for level in range(MAX_SKIPS)]  # shallowest level first
+        if fused[2]:
+            self.decoder_2 = DecoderStage(dims[2], dims[2], heads, attention=skip_attention)
+        else:
+            self.decoder_2 = BottleneckExpand(dims[2])
+        self.decoder_1 = DecoderStage(dims[2] // 2, dims[1], heads, skip=fused[1], attention=skip_attention)
+        self.decoder_0 = DecoderStage(
+            dims[1] // 2, dims[0], heads, num_classes=num_classes, skip=fused[0], attention=skip_attention
+        )
         for decoder in (self.decoder_2, self.decoder_1, self.decoder_0):
             decoder.apply(_init_decoder_weights)
-        self.register_load_state_dict_pre_hook(_drop_unused_reference_tensors)
+        if not fused[2]:  # the published checkpoint's 14x14 fusion tensors have no module here
+            self.register_load_state_dict_pre_hook(_drop_unused_reference_tensors)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every dual-attention block's activations in the backward pass instead of
@@ -159,7 +192,8 @@ class DAEFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_input(x, self.in_chans, INPUT_DIVISOR, type(self).__name__)
         (skip0, h0, w0), (skip1, h1, w1), (bottom, h2, w2) = self.backbone(x)
-        x = self.decoder_2(bottom, h2, w2)
+        # The 14x14 fusion's path and skip are both the deepest encoder output.
+        x = self.decoder_2(bottom, bottom, h2, w2) if self.skips == MAX_SKIPS else self.decoder_2(bottom, h2, w2)
         x = self.decoder_1(x, skip1, h1, w1)
         return self.decoder_0(x, skip0, h0, w0)
 

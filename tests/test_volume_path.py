@@ -22,7 +22,7 @@ from utils.scans import (
     find_nifti,
 )
 
-CHOICES = "a NIfTI scan (.nii / .nii.gz), a folder of scans, or a Synapse-layout folder"
+CHOICES = "a NIfTI scan (.nii / .nii.gz), a folder of scans, a folder of one DICOM series, or a Synapse-layout folder"
 
 
 def touch(path: Path) -> Path:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,13 @@ from utils.checkpoint import (
     LAST,
     CheckpointError,
     epoch_checkpoint_name,
+    file_sha256,
+    is_self_describing,
     link_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    strip_wrapper_prefix,
 )
 from utils.config import AUTO, RunConfig, changed_settings
 from utils.devices import Placement
@@ -242,3 +245,71 @@ def replan(state: TrainState, max_iterations: int, planned: int) -> None:
         planned,
         state.lr,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Starting a new run from another run's weights (--init)
+
+# How many tensor names a one-line --init error lists before "and N more".
+NAMES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :func:`initialise_from` did: the source, its content hash, the tensors it loaded and
+    those it left freshly initialised because their shape differs (with both shapes)."""
+
+    source: Path
+    sha256: str
+    loaded: list[str]
+    reinitialised: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+
+    def log(self) -> None:
+        logger.info("--init %s (sha256 %s): loaded %d tensors", self.source, self.sha256[:12], len(self.loaded))
+        for name, (theirs, ours) in self.reinitialised.items():
+            logger.info("--init: re-initialised %s: the checkpoint's shape %s, this network's %s", name, theirs, ours)
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def initialise_from(model: torch.nn.Module, path: str | Path) -> InitReport:
+    """Load the weights of ``path`` -- a run's checkpoint or a plain state dict such as the
+    published weights, ``module.`` prefixes stripped -- into ``model`` for a new run.
+
+    Tensors whose shape differs (a head for another class count, a first layer for another
+    channel count) keep their fresh initialisation; every other tensor must match by name and
+    shape, else a one-line :class:`CheckpointError` names the first few that do not.
+    """
+    path = Path(path)
+    payload = load_checkpoint(path)
+    weights = payload["model"] if is_self_describing(payload) else payload
+    if not weights or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise CheckpointError(f"--init {path} is neither a checkpoint of this repository nor a plain state dict of tensors")
+    weights = strip_wrapper_prefix(weights)
+    network = unwrap(model)
+    own = network.state_dict()
+    reinitialised = {
+        name: (tuple(tensor.shape), tuple(own[name].shape))
+        for name, tensor in weights.items()
+        if name in own and tensor.shape != own[name].shape
+    }
+    kept = {name: tensor for name, tensor in weights.items() if name not in reinitialised}
+    # strict=False, then our own check: the network's load hooks still drop the published
+    # checkpoint's unused tensors, and only the re-initialised tensors may be missing.
+    outcome = network.load_state_dict(kept, strict=False)
+    missing = [name for name in outcome.missing_keys if name not in reinitialised]
+    problems = ([f"missing {_listed(missing)}"] if missing else []) + (
+        [f"not in the network: {_listed(outcome.unexpected_keys)}"] if outcome.unexpected_keys else []
+    )
+    if len(reinitialised) == len(own):
+        problems.append("every tensor's shape differs")  # another width: nothing would be taken over
+    if problems:
+        raise CheckpointError(
+            f"--init {path} does not fit {type(network).__name__} beyond its differently shaped tensors "
+            f"({'; '.join(problems)}); pass the --module and --model_kwargs it was trained with"
+        )
+    loaded = [name for name in own if name not in reinitialised]
+    return InitReport(path, file_sha256(path), loaded, reinitialised)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.catalog import IMAGES, class_names, dataset_info
+from utils.checkpoint import file_sha256
 from utils.cli import ignored_note
 from utils.errors import UserError
 from utils.loader import load_network_class, network_arguments, parse_model_kwargs
@@ -104,6 +105,8 @@ class RunConfig:
     compile: bool
     resume: str | None
     resume_accept_changes: bool
+    init: str | None  # the checkpoint whose weights a new run starts from (--init)
+    init_sha256: str | None  # its content, so the run records exactly where it started
     overwrite: bool
     dist_timeout: float
 
@@ -121,6 +124,11 @@ class RunConfig:
             )
         if self.dist_timeout <= 0:
             raise UserError(f"--dist_timeout must be a positive number of minutes, got {self.dist_timeout}")
+        if self.init and self.resume:
+            raise UserError(
+                f"--init {self.init} and --resume {self.resume} contradict each other: --init starts a new run "
+                "from a checkpoint's weights, --resume continues a run; give one of them"
+            )
         if self.resume and self.overwrite and (self.resume == AUTO or _inside(self.resume, self.output_dir)):
             raise UserError(
                 f"--resume {self.resume} and --overwrite contradict each other: continue the run in --output_dir "
@@ -191,7 +199,11 @@ def resolve_config(flags: Mapping[str, Any] | Any, ignored: tuple[str, ...] = ()
             f"code's rule for batches divisible by {REFERENCE_BATCH_DIVISOR}; --lr_batch_rule off keeps --base_lr"
         )
     train_list = Path(values["list_dir"]) / info.train_list
+    init = values.get("init")
+    if init is not None and not Path(init).is_file():
+        raise UserError(f"--init {init} is not a file; give a run's checkpoint (e.g. RUN/best.pth) or a state dict")
     values.update(
+        init_sha256=file_sha256(init) if init is not None else None,
         kind=info.kind,
         train_list_sha256=hashlib.sha256(train_list.read_bytes()).hexdigest() if train_list.is_file() else None,
         class_names=tuple(class_names(info, num_classes)) if num_classes and num_classes > 1 else (),

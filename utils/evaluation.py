@@ -25,7 +25,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,41 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def parse_class_list(text: str) -> list[int | str]:
+    """``--report_classes``: comma-separated class names or ids, e.g. ``aorta,liver,3``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"--report_classes {text!r} names no class; give names or ids, e.g. --report_classes aorta,liver")
+    return [int(item) if item.isdigit() else item for item in items]
+
+
+def class_positions(class_names: Sequence[str], class_ids: Sequence[int], classes: Sequence[int | str]) -> list[int]:
+    """Positions in ``class_names`` (classes ``class_ids``) of ``classes``, given by name (any
+    case) or id, in the order given.
+
+    Raises:
+        UserError: a class the result does not hold, or one named twice (one line, listing the
+            classes there are).
+    """
+    by_name = {name.lower(): position for position, name in enumerate(class_names)}
+    by_id = {class_id: position for position, class_id in enumerate(class_ids)}
+    positions: list[int] = []
+    for item in classes:
+        position = by_id.get(item) if isinstance(item, int) else by_name.get(item.lower())
+        if position is None:
+            there = ", ".join(f"{class_id} {name}" for class_id, name in zip(class_ids, class_names))
+            raise UserError(f"--report_classes: the network has no class {item!r}; its classes are {there}")
+        if position in positions:
+            raise UserError(f"--report_classes names class {class_names[position]!r} twice; give each class once")
+        positions.append(position)
+    return positions
+
+
+def _reported(class_names: Sequence[str], class_ids: Sequence[int], of: int) -> dict:
+    """What metrics.json says about the classes its means are over."""
+    return {"ids": list(class_ids), "names": list(class_names), "of_classes": of}
+
+
 # --------------------------------------------------------------------------------------------
 # Volumes: Dice and HD95 per case and class
 
@@ -207,6 +242,8 @@ class VolumeResult:
         convention: empty-mask rule (a "nan" convention averages with nanmean).
         unit: HD95 unit, "voxels" or "mm".
         example: one slice for a picture: ``{"image": (H, W) [0, 1], "prediction", "label"}``.
+        class_ids: the network's ids of the classes held (None: all, 1..C-1); set by ``select``.
+        of_classes: the network's foreground classes (None: those held).
     """
 
     class_names: list[str]
@@ -215,6 +252,24 @@ class VolumeResult:
     convention: str
     unit: str
     example: dict = field(default_factory=dict, repr=False)
+    class_ids: list[int] | None = None
+    of_classes: int | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        return self.class_ids if self.class_ids is not None else list(range(1, len(self.class_names) + 1))
+
+    def select(self, classes: Sequence[int | str]) -> VolumeResult:
+        """The result over ``classes`` only (names or ids, in that order): the per-class scores
+        are the same; the means are over these classes."""
+        positions = class_positions(self.class_names, self.ids, classes)
+        return replace(
+            self,
+            class_names=[self.class_names[p] for p in positions],
+            scores=self.scores[:, positions],
+            class_ids=[self.ids[p] for p in positions],
+            of_classes=self.of_classes or len(self.class_names),
+        )
 
     def _mean(self, values: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(values, axis=axis) if self.convention == "nan" else np.mean(values, axis=axis)
@@ -286,11 +341,12 @@ class VolumeResult:
         return {
             "convention": self.convention,
             "hd95_unit": self.unit,
+            "classes": _reported(self.class_names, self.ids, self.of_classes or len(self.class_names)),
             "mean_dice": self.mean_dice,
             "mean_hd95": self.mean_hd95,
             "per_class": [
                 {"class": c, "name": name, "dice": float(d), "hd95": float(h)}
-                for c, (name, (d, h)) in enumerate(zip(self.class_names, self.per_class), 1)
+                for c, name, (d, h) in zip(self.ids, self.class_names, self.per_class)
             ],
             "cases": [
                 {"case": case, "dice": s[:, 0].tolist(), "hd95": s[:, 1].tolist()} for case, s in zip(self.cases, self.scores)
@@ -305,7 +361,14 @@ class VolumeResult:
         rows = dict(zip(names, np.concatenate([part.scores for part in parts])))
         first, example = parts[0], next((part.example for part in parts if part.example), {})
         return cls(
-            first.class_names, list(order), np.stack([rows[name] for name in order]), first.convention, first.unit, example
+            first.class_names,
+            list(order),
+            np.stack([rows[name] for name in order]),
+            first.convention,
+            first.unit,
+            example,
+            first.class_ids,
+            first.of_classes,
         )
 
     def csv_rows(self) -> list[list]:
@@ -313,11 +376,11 @@ class VolumeResult:
         for case, case_scores in zip(self.cases, self.scores):
             rows += [
                 [case, c, name, f"{dice:.6f}", f"{hd95:.6f}"]
-                for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, case_scores), 1)
+                for c, name, (dice, hd95) in zip(self.ids, self.class_names, case_scores)
             ]
         rows += [
             ["mean", c, name, f"{dice:.6f}", f"{hd95:.6f}"]
-            for c, (name, (dice, hd95)) in enumerate(zip(self.class_names, self.per_class), 1)
+            for c, name, (dice, hd95) in zip(self.ids, self.class_names, self.per_class)
         ]
         return [*rows, ["mean", "", "all", f"{self.mean_dice:.6f}", f"{self.mean_hd95:.6f}"]]
 
@@ -433,12 +496,31 @@ class ImageResult:
         cases: image names, in evaluation order.
         counts: int64 (images, C - 1, 4) -- TP, FP, FN, TN of each image and class.
         example: the first image for a picture: ``{"image": (H, W) grey [0, 1], "prediction", "label"}``.
+        class_ids: the network's ids of the classes held (None: all, 1..C-1); set by ``select``.
+        of_classes: the network's foreground classes (None: those held).
     """
 
     class_names: list[str]
     cases: list[str]
     counts: np.ndarray
     example: dict = field(default_factory=dict, repr=False)
+    class_ids: list[int] | None = None
+    of_classes: int | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        return self.class_ids if self.class_ids is not None else list(range(1, len(self.class_names) + 1))
+
+    def select(self, classes: Sequence[int | str]) -> ImageResult:
+        """The result over ``classes`` only (names or ids, in that order); the means are over them."""
+        positions = class_positions(self.class_names, self.ids, classes)
+        return replace(
+            self,
+            class_names=[self.class_names[p] for p in positions],
+            counts=self.counts[:, positions],
+            class_ids=[self.ids[p] for p in positions],
+            of_classes=self.of_classes or len(self.class_names),
+        )
 
     @property
     def pooled(self) -> np.ndarray:
@@ -479,6 +561,7 @@ class ImageResult:
         totals = self.counts.sum(axis=0)
         return {
             "pooling": "pixels of all images",
+            "classes": _reported(self.class_names, self.ids, self.of_classes or len(self.class_names)),
             **self.means,
             "per_class": [
                 {
@@ -487,7 +570,7 @@ class ImageResult:
                     **dict(zip(METRIC_NAMES, map(float, row))),
                     **dict(zip(("tp", "fp", "fn", "tn"), map(int, total))),
                 }
-                for c, (name, row, total) in enumerate(zip(self.class_names, self.pooled, totals), 1)
+                for c, name, row, total in zip(self.ids, self.class_names, self.pooled, totals)
             ],
             "cases": [
                 {"case": case, **{metric: values[:, k].tolist() for k, metric in enumerate(METRIC_NAMES)}}
@@ -501,16 +584,16 @@ class ImageResult:
         names = [name for part in parts for name in part.cases]
         rows = dict(zip(names, np.concatenate([part.counts for part in parts])))
         example = next((part.example for part in parts if part.example), {})
-        return cls(parts[0].class_names, list(order), np.stack([rows[name] for name in order]), example)
+        first = parts[0]
+        counts = np.stack([rows[name] for name in order])
+        return cls(first.class_names, list(order), counts, example, first.class_ids, first.of_classes)
 
     def csv_rows(self) -> list[list]:
         rows: list[list] = [["case", "class", "name", *METRIC_NAMES]]
         for case, values in zip(self.cases, self.per_image):
-            rows += [
-                [case, c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, values), 1)
-            ]
+            rows += [[case, c, name, *(f"{v:.6f}" for v in row)] for c, name, row in zip(self.ids, self.class_names, values)]
         return rows + [
-            ["pooled", c, name, *(f"{v:.6f}" for v in row)] for c, (name, row) in enumerate(zip(self.class_names, self.pooled), 1)
+            ["pooled", c, name, *(f"{v:.6f}" for v in row)] for c, name, row in zip(self.ids, self.class_names, self.pooled)
         ]
 
     def write(self, folder: str | Path, source: dict | None = None) -> Path:

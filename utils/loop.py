@@ -32,7 +32,7 @@ from datasets.common import IMAGE_MEAN, IMAGE_STD, DataError
 from datasets.lists import read_list
 from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
 from datasets.synapse import slices_to_volumes, split_cases
-from utils.checkpointer import Checkpointer, TrainState, resume_path
+from utils.checkpointer import Checkpointer, TrainState, initialise_from, resume_path
 from utils.compare import COST_KEY
 from utils.config import AUTO, RunConfig
 from utils.contract import check_network
@@ -341,6 +341,8 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
     model = build_model(config, placement)
+    if config.init is not None:
+        initialise_from(model, config.init).log()
     evaluator = build_evaluator(
         dataset_info(config.dataset), config.num_classes, list(config.class_names), eval_settings(config, placement)
     )

@@ -1,4 +1,4 @@
-"""Unlabeled inputs for test.py -- new NIfTI scans and folders of 2D images -- and NIfTI copies
+"""Unlabeled inputs for test.py -- new NIfTI scans, DICOM series and folders of 2D images -- and NIfTI copies
 of evaluated volumes; and ``classify_volume_path``, which says what a ``--volume_path`` is (or,
 in one line, why it is none of the things test.py reads).
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.catalog import IMAGES
+from datasets.common import DataError
 from datasets.isic import IMAGE_DIR, read_rgb
 from datasets.lists import TEST_DIR, VOLUME_SUFFIX
 from utils.errors import UserError
@@ -32,12 +33,13 @@ FLAG = "--volume_path"
 # What classify_volume_path finds a --volume_path to be.
 SCAN = "scan"  # one NIfTI scan: segmented, no metrics
 SCAN_FOLDER = "scan folder"  # a folder of NIfTI scans: each segmented
+DICOM_SERIES = "DICOM series"  # a folder holding one DICOM series: one scan, segmented
 VOLUME_FOLDER = "volume folder"  # Synapse layout: NAME.npy.h5 volumes (or DATA/test_vol_h5/), scored
 IMAGE_FOLDER = "image folder"  # a folder of unlabeled 2D images: each segmented
 IMAGE_LAYOUT = "image layout"  # images/ + masks/ (datasets.isic), scored
 _VOLUME_CHOICES = (
-    f"a NIfTI scan (.nii / .nii.gz), a folder of scans, or a Synapse-layout folder (NAME{VOLUME_SUFFIX} "
-    f"volumes, or a folder holding {TEST_DIR}/)"
+    f"a NIfTI scan (.nii / .nii.gz), a folder of scans, a folder of one DICOM series, or a Synapse-layout "
+    f"folder (NAME{VOLUME_SUFFIX} volumes, or a folder holding {TEST_DIR}/)"
 )
 _IMAGE_CHOICES = f"a folder of 2D images ({' / '.join(IMAGE_SUFFIXES)}) or a folder holding {IMAGE_DIR}/ and masks/"
 
@@ -190,7 +192,7 @@ def classify_volume_path(path: str | Path, data_kind: str, flag: str = FLAG) -> 
 
     Volumes (``data_kind`` other than ``datasets.catalog.IMAGES``), in this order: a NIfTI
     scan; a folder of NIfTI scans; a Synapse-layout folder -- one holding ``test_vol_h5/``, or
-    ``NAME.npy.h5`` files itself. Images: a folder of 2D images; a folder holding ``images/``.
+    ``NAME.npy.h5`` files itself; a folder holding one DICOM series (one scan). Images: a folder of 2D images; a folder holding ``images/``.
 
     Raises:
         UserError: one line saying that ``path`` is none of these and what it is instead
@@ -220,7 +222,19 @@ def classify_volume_path(path: str | Path, data_kind: str, flag: str = FLAG) -> 
         return VolumePath(VOLUME_FOLDER, path / TEST_DIR)
     if any(p.name.endswith(VOLUME_SUFFIX) for p in path.iterdir()):
         return VolumePath(VOLUME_FOLDER, path)
+    if _holds_dicom_series(path, flag):
+        return VolumePath(DICOM_SERIES, path, (path,))
     raise _unrecognised_folder(path, flag, choices)
+
+
+def _holds_dicom_series(path: Path, flag: str) -> bool:
+    # SimpleITK (and GDCM's directory scan) only when no cheaper reading of the folder fits.
+    from datasets.scans import dicom_series_files
+
+    try:
+        return bool(dicom_series_files(path))
+    except DataError as error:
+        raise UserError(f"{flag} {error}") from None
 
 
 def segment_image(predictor: Predictor, path: Path, save_dir: Path, save_png: bool = True) -> Path:

@@ -5,12 +5,16 @@ Input: ``RAW/img00XX.nii.gz`` with ``RAW/label00XX.nii.gz``, either side by side
 
 1. read with SimpleITK; the array axes are (z, y, x), so axial slices run along the first axis;
 2. clip intensities to [-125, 275] HU, then min-max normalise the clipped volume to [0, 1];
-3. keep the 8 organs of the benchmark and renumber BTCV's ids to Synapse's (other organs -> 0);
+3. keep the chosen organs (``--organs``; default the 8 of the benchmark, renumbered to Synapse's
+   ids; ``all`` keeps BTCV's 13 with their own ids) -- class k is the k-th organ chosen, every
+   other organ becomes background;
 4. test cases of the standard split -> ``OUT/test_vol_h5/caseXXXX.npy.h5`` (datasets ``image``
    and ``label``, float32 (D, H, W), attribute ``spacing`` = (z, y, x) mm); all other cases ->
    ``OUT/train_npz/caseXXXX_sliceNNN.npz`` (``image``, ``label`` float32 (H, W), NNN 0-based).
    Cases outside the standard split also go to training (the log says which).
-5. write ``train.txt`` and ``test_vol.txt`` for the converted files into ``--list_dir``.
+5. write ``train.txt`` and ``test_vol.txt`` for the converted files into ``--list_dir``, and
+   ``OUT/dataset.json`` with the class names, so ``--dataset OUT/dataset.json`` trains and
+   evaluates with them.
 
 The output is staged beside ``--out`` and renamed when complete (``datasets.prepare.staging``):
 a conversion that fails leaves an earlier one in ``--out`` as it was.
@@ -18,11 +22,13 @@ a conversion that fails leaves an earlier one in ``--out`` as it was.
 Usage::
 
     python -m datasets.prepare.synapse --raw RawData/Training --out data/Synapse
+    python -m datasets.prepare.synapse --raw RawData/Training --out data/BTCV13 --organs all
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -32,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from datasets.catalog import DATASET_JSON
 from datasets.common import (
     CT_WINDOW,
     DataError,
@@ -53,6 +60,22 @@ from datasets.writing import write_training_slices, write_volume
 logger = logging.getLogger(__name__)
 
 BTCV_NUM_LABELS = 14  # background + 13 organs
+# BTCV's 13 organs by their id in the raw label files.
+BTCV_ORGANS = {
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gallbladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "inferior vena cava",
+    10: "portal and splenic vein",
+    11: "pancreas",
+    12: "right adrenal gland",
+    13: "left adrenal gland",
+}
 # BTCV organ id -> Synapse class id; the five organs not listed become background.
 BTCV_TO_SYNAPSE = {
     8: 1,  # aorta
@@ -64,6 +87,9 @@ BTCV_TO_SYNAPSE = {
     1: 7,  # spleen
     7: 8,  # stomach
 }
+# The organs of the published protocol in Synapse's class order: the default of --organs.
+PUBLISHED_ORGANS = tuple(sorted(BTCV_TO_SYNAPSE, key=BTCV_TO_SYNAPSE.get))
+ALL, PUBLISHED = "all", "published"
 _IMAGE_FILE = re.compile(r"^img(\d+)\.nii(\.gz)?$")
 _LABEL_FILE = re.compile(r"^label(\d+)\.nii(\.gz)?$")
 
@@ -123,15 +149,48 @@ def find_raw_cases(raw_dir: str | Path) -> list[RawCase]:
     return [RawCase(name, images[name], labels[name]) for name in sorted(images)]
 
 
-def btcv_to_synapse(label: np.ndarray, source: str | Path = "label") -> np.ndarray:
-    """Renumber BTCV organ ids to the 8 Synapse classes (``BTCV_TO_SYNAPSE``; others -> 0).
+def parse_organs(text: str) -> tuple[int, ...]:
+    """``--organs``: ``published`` (the 8 of the benchmark, in Synapse's order), ``all`` (BTCV's
+    13, in BTCV's order) or a comma-separated list of BTCV organ names or ids, in the order the
+    classes get. Returns BTCV ids.
+
+    Raises:
+        DataError: an unknown or repeated organ (one line, naming it and the choices).
+    """
+    if text.strip().lower() == ALL:
+        return tuple(BTCV_ORGANS)
+    if text.strip().lower() == PUBLISHED:
+        return PUBLISHED_ORGANS
+    by_name = {name.replace(" ", "_"): btcv_id for btcv_id, name in BTCV_ORGANS.items()}
+    organs: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        key = item.lower().replace(" ", "_")
+        btcv_id = int(key) if key.isdigit() else by_name.get(key)
+        if btcv_id not in BTCV_ORGANS:
+            choices = ", ".join(f"{i} {name}" for i, name in BTCV_ORGANS.items())
+            raise DataError(f"--organs: {item!r} is not a BTCV organ; give '{ALL}', '{PUBLISHED}' or names / ids of: {choices}")
+        if btcv_id in organs:
+            raise DataError(f"--organs names {BTCV_ORGANS[btcv_id]!r} twice; give each organ once")
+        organs.append(btcv_id)
+    return tuple(organs)
+
+
+def organ_names(organs: Sequence[int]) -> list[str]:
+    """The class names of classes 1..K for the BTCV organ ids ``organs``."""
+    return [BTCV_ORGANS[btcv_id] for btcv_id in organs]
+
+
+def btcv_to_synapse(label: np.ndarray, source: str | Path = "label", organs: Sequence[int] = PUBLISHED_ORGANS) -> np.ndarray:
+    """Renumber BTCV organ ids to classes 1..K, class k being organ ``organs[k - 1]`` (the
+    default: the 8 Synapse classes of ``BTCV_TO_SYNAPSE``); every other organ -> 0.
 
     Args:
         label: BTCV ids 0..13, any numeric dtype with whole-number values.
         source: file name for error messages.
+        organs: the BTCV ids kept, in class order.
 
     Returns:
-        float32 array of Synapse class ids 0..8, same shape (float32 as the common copies).
+        float32 array of class ids 0..K, same shape (float32 as the common copies).
 
     Raises:
         DataError: values that are not whole numbers in [0, 13].
@@ -145,12 +204,14 @@ def btcv_to_synapse(label: np.ndarray, source: str | Path = "label") -> np.ndarr
             + f"; BTCV labels are organ ids 0..{BTCV_NUM_LABELS - 1} (is this a BTCV label file?)"
         )
     table = np.zeros(BTCV_NUM_LABELS, np.float32)
-    for btcv_id, synapse_id in BTCV_TO_SYNAPSE.items():
-        table[btcv_id] = synapse_id
+    for class_id, btcv_id in enumerate(organs, 1):
+        table[btcv_id] = class_id
     return table[label.astype(np.int64)]
 
 
-def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def read_case(
+    case: RawCase, organs: Sequence[int] = PUBLISHED_ORGANS
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read and convert one case.
 
     Returns:
@@ -160,16 +221,19 @@ def read_case(case: RawCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float
     # The converters' shared reader: it also refuses a label on another voxel grid (spacing,
     # origin, direction), which reading the two files separately let through.
     image, label, spacing = read_nifti_pair(case.image, case.label, BTCV_NUM_LABELS)
-    return normalise_volume(image, CT_WINDOW), btcv_to_synapse(label, case.label), spacing
+    return normalise_volume(image, CT_WINDOW), btcv_to_synapse(label, case.label, organs), spacing
 
 
-def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None) -> dict[str, list[str]]:
+def convert(
+    raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | None = None, organs: Sequence[int] = PUBLISHED_ORGANS
+) -> dict[str, list[str]]:
     """Convert raw BTCV to the Synapse format under ``out_dir`` (see the module docstring).
 
     Args:
         raw_dir: folder with the raw NIfTI files (flat or img/ + label/).
         out_dir: output root; ``train_npz/`` and ``test_vol_h5/`` are created in it.
         list_dir: where to write train.txt and test_vol.txt; default ``out_dir/lists``.
+        organs: BTCV ids of the organs kept, in class order (default the published 8).
 
     Returns:
         ``{"train": [case names], "test": [case names]}`` as converted.
@@ -187,7 +251,7 @@ def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | Non
     # outside out_dir are written after the rename and checked by the doctor against the marker.
     with staged_output(out_dir, "datasets.prepare.synapse") as stage:
         for case in tqdm(cases, desc="BTCV -> Synapse", unit="case"):
-            image, label, spacing = read_case(case)
+            image, label, spacing = read_case(case, organs)
             if case.name in test_cases:
                 write_volume(stage.folder / TEST_DIR, case.name, image, label, spacing)
                 done["test"].append(case.name)
@@ -201,6 +265,11 @@ def convert(raw_dir: str | Path, out_dir: str | Path, list_dir: str | Path | Non
             stage.list_file(list_dir / TRAIN_LIST, sort_slice_names(train_slices))
         if done["test"]:
             stage.list_file(list_dir / TEST_LIST, sorted(done["test"]))
+        # The class names travel with the data: --dataset OUT/dataset.json reads them (and new
+        # scans are windowed as the conversion windowed these).
+        description = {"class_names": organ_names(organs), "intensity_clip": list(CT_WINDOW), "btcv_ids": list(organs)}
+        (stage.folder / DATASET_JSON).write_text(json.dumps(description, indent=2) + "\n")
+    logger.info("classes 1..%d: %s", len(organs), ", ".join(organ_names(organs)))
     logger.info(
         "converted %d training cases (%d slices) and %d test cases into %s; lists in %s",
         len(done["train"]),
@@ -225,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--list_dir", type=Path, default=None, help="where to write train.txt and test_vol.txt (default OUT/lists)"
     )
+    parser.add_argument(
+        "--organs",
+        default=PUBLISHED,
+        help=f"organs kept, in class order: '{PUBLISHED}' (the 8 of the benchmark, Synapse's ids), '{ALL}' "
+        "(BTCV's 13, their own ids) or a comma-separated list of BTCV names or ids, e.g. 'liver,spleen,9'",
+    )
     return parser
 
 
@@ -232,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        convert(args.raw, args.out, args.list_dir)
+        convert(args.raw, args.out, args.list_dir, parse_organs(args.organs))
     except (DataError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
 
