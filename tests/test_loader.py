@@ -19,6 +19,8 @@ from utils import (
     network_arguments,
     to_device,
 )
+from utils.errors import UserError
+from utils.loader import parse_model_kwargs
 
 PLUGIN = textwrap.dedent(
     """
@@ -141,3 +143,9 @@ def test_to_device_leaves_a_network_that_does_not_opt_in_as_it_is():
     # what opting in would have done to it
     with pytest.raises(RuntimeError, match="view size is not compatible"):
         model.to(memory_format=torch.channels_last)(torch.rand(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["num_classes", "img_size", "in_chans"])
+def test_model_kwargs_that_set_what_a_flag_sets_are_a_one_line_error(name):
+    with pytest.raises(UserError, match=f"--model_kwargs sets {name}; give it as --{name} instead"):
+        parse_model_kwargs(f'{{"{name}": 4, "base_channels": 8}}')

@@ -150,6 +150,10 @@ def class_count(kwargs: dict[str, Any]) -> int | None:
     return None if name is None else int(kwargs[name])
 
 
+# What the scripts give every constructor from their own flags (network_arguments).
+SCRIPT_ARGUMENTS = ("num_classes", "img_size", "in_chans")
+
+
 def parse_model_kwargs(text: str) -> dict[str, Any]:
     """``--model_kwargs``: a JSON object of extra constructor arguments."""
     try:
@@ -158,6 +162,11 @@ def parse_model_kwargs(text: str) -> dict[str, Any]:
         raise UserError(f"--model_kwargs is not valid JSON ({error}); e.g. --model_kwargs '{{\"base_channels\": 16}}'") from None
     if not isinstance(value, dict):
         raise UserError(f"--model_kwargs must be a JSON object like '{{\"base_channels\": 16}}', got {text}")
+    flagged = [name for name in SCRIPT_ARGUMENTS if name in value]
+    if flagged:
+        raise UserError(
+            f"--model_kwargs sets {flagged[0]}; give it as --{flagged[0]} instead, the flag the scripts and checkpoints read"
+        )
     return value
 
 
