@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from utils.errors import UserError
+from utils.profile import COST_KEY
 
 METRICS_JSON = "metrics.json"  # what utils.evaluation writes
 TEST_FOLDER = "test"  # test.py's default --test_save_dir inside a run
 ARGS_JSON = "args.json"  # what train.py writes (utils.runs.ARGS_FILE)
 CHECKPOINTS = ("best.pth", "last.pth")
-COST_KEY = "network_cost"  # where a run records utils.profile.network_cost in its args.json
 VOLUMES, IMAGES = "volumes", "images"
 IMAGE_CHANNELS = 3  # 2D image data sets feed RGB (datasets.catalog)
 # Settings that may differ between runs of one group: the seed, the fold (its data and lists),

@@ -33,7 +33,6 @@ from datasets.lists import read_list
 from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
 from datasets.synapse import slices_to_volumes, split_cases
 from utils.checkpointer import Checkpointer, TrainState, initialise_from, resume_path
-from utils.compare import COST_KEY
 from utils.config import AUTO, RunConfig
 from utils.contract import check_network
 from utils.devices import Placement, default_batch_size
@@ -41,7 +40,7 @@ from utils.errors import UserError
 from utils.evaluation import EvalResult, EvalSettings, Evaluator, build_evaluator
 from utils.loader import build_network, to_device
 from utils.losses import CEDiceLoss
-from utils.profile import network_cost
+from utils.profile import COST_KEY, network_cost
 from utils.runs import ARGS_FILE, EVAL_FOLDER, SPLIT_FILE, TENSORBOARD_FOLDER, VAL_CASES_FILE, StopSignal, new_run_id
 from utils.training import StepLosses, build_optimizer, build_scheduler, seed_everything, train_step, unwrap
 from utils.visualize import panel

@@ -21,6 +21,7 @@ FLOPS_PER_MAC = 2  # FlopCounterMode counts a multiply-accumulate as 2 FLOPs
 GIGA = 1e9
 # Volume data reach a network as grey (B, 1, H, W) slices (a data set may set more channels).
 SLICE_CHANNELS = 1
+COST_KEY = "network_cost"  # where a training run records network_cost in its args.json
 
 
 @contextlib.contextmanager
