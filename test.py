@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets.catalog import DATASETS, IMAGES
-from datasets.common import DataError
+from datasets.common import DataError, first_channel
 from datasets.readers import evaluation_cases
 from utils.checkpoint import find_checkpoint
 from utils.cli import SWIN_CONFIG_FLAGS, HelpFormatter, add_ignored_flags, ignored_note
@@ -290,10 +290,10 @@ def case_writer(args: argparse.Namespace, predictor: Predictor, save_dir: Path):
             return
         if args.is_savenii:
             save_nifti(prediction.astype(np.float32), save_dir / f"{name}{PREDICTION_SUFFIX}", args.z_spacing)
-            save_nifti(case["image"].astype(np.float32), save_dir / f"{name}_img.nii.gz", args.z_spacing)
+            save_nifti(first_channel(case["image"]).astype(np.float32), save_dir / f"{name}_img.nii.gz", args.z_spacing)
             save_nifti(case["label"].astype(np.float32), save_dir / f"{name}_gt.nii.gz", args.z_spacing)
         if args.save_png:
-            montage(case["image"], prediction, case["label"], names).save(save_dir / f"{name}.png")
+            montage(first_channel(case["image"]), prediction, case["label"], names).save(save_dir / f"{name}.png")
 
     return write
 

@@ -3,7 +3,9 @@
 ``build_augmentation(name)`` returns a callable ``(image, label) -> (image, label)`` on numpy
 arrays: image float32 (H, W) with values in [0, 1], label int64 (H, W) class ids. Geometric
 operations move image and label with one random draw (image bilinear or cubic, label nearest
-neighbour, fill 0 outside the slice); intensity operations touch the image only.
+neighbour, fill 0 outside the slice); intensity operations touch the image only. A slice of
+several channels, (C, H, W), moves every channel with that one draw, so the channels stay
+aligned with each other and with the label (noise is drawn per pixel and channel).
 
 ``"daeformer"`` rebuilds the published DAE-Former augmentation, which was written with imgaug
 (imgaug no longer imports on NumPy >= 1.24): pick 0 to 4 of ten operations at random and apply
@@ -244,9 +246,10 @@ def daeformer_transforms(
 
 
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
-    if image.ndim != 2 or image.shape != label.shape:
+    if image.ndim not in (2, 3) or image.shape[-2:] != label.shape or label.ndim != 2:
         raise ValueError(
-            f"augmentation expects image and label of the same 2D shape (H, W), got image {image.shape} and label {label.shape}"
+            "augmentation expects an image (H, W) or (C, H, W) and a label (H, W) of the same H, W, "
+            f"got image {image.shape} and label {label.shape}"
         )
 
 
@@ -257,12 +260,15 @@ class TorchvisionPairAugmentation:
         self.transform = transform
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Args: image float (H, W), label integer (H, W). Returns float32 and int64 (H, W)."""
+        """Args: image float (H, W) or (C, H, W), label integer (H, W). Returns float32 image
+        of the input's shape and int64 (H, W); every channel moves with one geometric draw
+        (a v2 transform draws its parameters once per call, for the whole Image)."""
         _check_pair(image, label)
-        image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None])
+        tensor = torch.from_numpy(np.ascontiguousarray(image, np.float32))
+        image_t = tv_tensors.Image(tensor if image.ndim == 3 else tensor[None])
         label_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(label, np.int64)))
         image_t, label_t = self.transform(image_t, label_t)
-        return image_t[0].numpy(), label_t.numpy()
+        return (image_t if image.ndim == 3 else image_t[0]).numpy(), label_t.numpy()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
@@ -272,18 +278,23 @@ class TransUNetAugmentation:
     """TransUNet's RandomGenerator augmentation, with torch's generator for the draws."""
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Args: image float (H, W), label integer (H, W). Returns float32 and int64 (H, W)."""
+        """Args: image float (H, W) or (C, H, W), label integer (H, W). Returns float32 image of
+        the input's shape and int64 (H, W), every channel turned like the label."""
         _check_pair(image, label)
         image = np.asarray(image, np.float32)
         label = np.asarray(label, np.int64)
+        # The image's (H, W) axes: the last two, whether or not a channel axis leads.
+        rows, cols = image.ndim - 2, image.ndim - 1
         if float(torch.rand(())) < TRANSUNET_P:
             quarter_turns = int(torch.randint(0, 4, ()))
             axis = int(torch.randint(0, 2, ()))
-            image = np.flip(np.rot90(image, quarter_turns), axis=axis)
+            image = np.flip(np.rot90(image, quarter_turns, axes=(rows, cols)), axis=rows + axis)
             label = np.flip(np.rot90(label, quarter_turns), axis=axis)
         elif float(torch.rand(())) < TRANSUNET_P:
             angle = int(torch.randint(-TRANSUNET_MAX_DEGREES, TRANSUNET_MAX_DEGREES + 1, ()))
-            image = ndimage.rotate(image, angle, order=TRANSUNET_IMAGE_ORDER, reshape=False, mode="constant", cval=FILL)
+            image = ndimage.rotate(
+                image, angle, axes=(cols, rows), order=TRANSUNET_IMAGE_ORDER, reshape=False, mode="constant", cval=FILL
+            )
             label = ndimage.rotate(label, angle, order=TRANSUNET_LABEL_ORDER, reshape=False, mode="constant", cval=FILL)
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 

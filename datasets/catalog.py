@@ -112,14 +112,15 @@ def _is_window(clip: object) -> bool:
 def load_dataset_json(path: str | Path) -> DatasetInfo:
     """The entry of a user's data set from its ``dataset.json``.
 
-    The file holds ``class_names`` (names of classes 1..K, background excluded) and optionally
-    ``kind``: ``"volumes"`` (the default) or ``"images"``. Volumes may give ``intensity_clip``
-    ([low, high] or null); their data lie beside the file in ``train_npz/``, ``test_vol_h5/`` and
-    ``lists/``. Images may give ``channels`` (3, what the reader gives); their data lie beside it
-    in ``images/``, ``masks/`` and ``lists/`` (train.txt, val.txt, test.txt).
+        The file holds ``class_names`` (names of classes 1..K, background excluded) and optionally
+        ``kind``: ``"volumes"`` (the default) or ``"images"``. Volumes may give ``intensity_clip``
+        ([low, high] or null); their data lie beside the file in ``train_npz/``, ``test_vol_h5/`` and
+        ``lists/``, and ``channels`` (C > 1 images per case, stored (C, H, W) / (D, C, H, W); it sets
+    ``in_chans``). Images may give ``channels`` (3, what the reader gives); their data lie beside it
+        in ``images/``, ``masks/`` and ``lists/`` (train.txt, val.txt, test.txt).
 
-    Raises:
-        ValueError: the file is missing, not JSON, or its fields are malformed (one line).
+        Raises:
+            ValueError: the file is missing, not JSON, or its fields are malformed (one line).
     """
     path = Path(path)
     if not path.is_file():
@@ -160,12 +161,18 @@ def load_dataset_json(path: str | Path) -> DatasetInfo:
             test_list=isic.test_list,
             val_list=isic.val_list,
         )
+    channels = content.get("channels")
+    valid = isinstance(channels, int) and not isinstance(channels, bool) and channels >= 1
+    if channels is not None and not valid:
+        raise _json_error(path, f"'channels' of volumes must be a whole number >= 1 (the images per case), got {channels!r}")
     return DatasetInfo(
         num_classes=len(names) + 1,
         class_names=tuple(names),
         list_dir=str(folder / LIST_DIR),
         root_path=str(folder / TRAIN_DIR),
         test_path=str(folder / TEST_DIR),
+        # Absent for one channel: the network keeps its default, as before channels existed.
+        in_chans=channels,
         intensity_clip=None if clip is None else (float(clip[0]), float(clip[1])),
     )
 

@@ -211,7 +211,7 @@ def check_slices(report: Report, train_dir: Path, list_file: Path, num_classes: 
             continue
         ranges.image_dtypes.add(str(image.dtype))
         ranges.label_dtypes.add(str(label.dtype))
-        if image.ndim == 2 and shapes.setdefault(case, image.shape) != image.shape:
+        if image.ndim in (2, 3) and shapes.setdefault(case, image.shape) != image.shape:
             report.add(
                 "shape or values",
                 path,

@@ -56,6 +56,16 @@ def intensity_range_problem(low: float, high: float) -> tuple[str, str] | None:
     return f"image values span [{low:g}, {high:g}], the network expects [0, 1]", fix
 
 
+# Axes of a volume of several channels (D, C, H, W); one channel is stored (D, H, W).
+CHANNEL_VOLUME_DIMS = 4
+
+
+def first_channel(volume: np.ndarray) -> np.ndarray:
+    """The first channel of a (D, C, H, W) volume, or a (D, H, W) volume as it is: pictures and
+    the saved copy of a scan show one grey channel."""
+    return volume[:, 0] if volume.ndim == CHANNEL_VOLUME_DIMS else volume
+
+
 # Roles of a case in a split.
 TRAIN, VAL, TEST = "train", "val", "test"
 

@@ -73,18 +73,20 @@ def preprocess_batch(images: torch.Tensor, img_size: Sequence[int]) -> torch.Ten
     """``preprocess_slice`` for a batch of slices, in torch on the batch's device.
 
     Args:
-        images: (B, H, W) intensities in [0, 1], any floating dtype, any device.
+        images: (B, H, W) intensities in [0, 1], or (B, C, H, W) for slices of several
+            channels, any floating dtype, any device.
         img_size: (S_h, S_w) network input size.
 
     Returns:
-        float32 (B, 1, S_h, S_w) on the device of ``images``: each slice equal to
-        ``preprocess_slice(images[b], img_size)`` to within a float32 rounding or two (the
-        zoom is computed in float64, as scipy does; see ``datasets.resize``).
+        float32 (B, 1, S_h, S_w) -- or (B, C, S_h, S_w) -- on the device of ``images``: each
+        slice (channel) equal to ``preprocess_slice(images[b], img_size)`` to within a float32
+        rounding or two (the zoom is computed in float64, as scipy does; see ``datasets.resize``).
     """
-    check_batch(images, "images")
+    check_batch(images, "images", channels=True)
     size = check_size(img_size, "img_size")
     resized = zoom_images(images.float(), size)
-    return ((resized - IMAGE_MEAN) / IMAGE_STD).unsqueeze(1)
+    normalised = (resized - IMAGE_MEAN) / IMAGE_STD
+    return normalised.unsqueeze(1) if images.ndim == 3 else normalised
 
 
 def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -145,10 +145,13 @@ def _nearest_operator(n_in: int, n_out: int, device: torch.device) -> tuple[torc
     return gather, (torch.from_numpy(fill).to(device) if fill.size else None)
 
 
-def check_batch(tensor: torch.Tensor, name: str) -> None:
-    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
+def check_batch(tensor: torch.Tensor, name: str, channels: bool = False) -> None:
+    """A tensor (B, H, W), or with ``channels`` also (B, C, H, W); ValueError otherwise."""
+    dims = (3, 4) if channels else (3,)
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim not in dims:
         shape = tuple(tensor.shape) if hasattr(tensor, "shape") else type(tensor).__name__
-        raise ValueError(f"{name} must be a tensor (B, H, W), got {shape}")
+        also = " (or (B, C, H, W) for slices of several channels)" if channels else ""
+        raise ValueError(f"{name} must be a tensor (B, H, W), got {shape}{also}")
 
 
 def zoom_images(images: torch.Tensor, size: Sequence[int], compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -159,15 +162,18 @@ def zoom_images(images: torch.Tensor, size: Sequence[int], compute_dtype: torch.
     when the batch already has that size, as ``datasets.preprocess.preprocess_slice`` does.
 
     Args:
-        images: (B, H, W) floating point, on any device.
+        images: (B, H, W), or (B, C, H, W) for slices of several channels (each channel zoomed
+            alike), floating point, on any device.
         size: (S_h, S_w) output size.
         compute_dtype: dtype of the matrix products; float64 matches scipy's own arithmetic,
             float32 is about twice as fast on a CPU and much faster on most GPUs.
 
     Returns:
-        (B, S_h, S_w), the dtype and device of ``images``.
+        (B, S_h, S_w) or (B, C, S_h, S_w), the dtype and device of ``images``.
     """
-    check_batch(images, "images")
+    # The products below act on the last two axes and broadcast over the leading ones, so a
+    # channel axis needs no other change.
+    check_batch(images, "images", channels=True)
     if not images.is_floating_point():
         raise ValueError(f"images must be a floating-point tensor, got {images.dtype}")
     out_h, out_w = check_size(size, "size")

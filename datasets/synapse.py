@@ -9,6 +9,9 @@ Layout (TransUNet's preprocessing of the BTCV abdomen CT; see ``datasets.prepare
     DATA/test_vol_h5/caseXXXX.npy.h5        datasets image, label: (D, H, W); optional attribute
                                             "spacing" = (z, y, x) in mm
 
+Several channels (``datasets.prepare.nifti``): image (C, H, W) per slice, (D, C, H, W) per
+volume -- the channel axis just before (H, W) -- labels as above.
+
 Images hold CT intensities normalised to [0, 1]; labels hold class ids (stored as float32 in
 the common copies; any dtype with whole-number values is accepted and returned as int64).
 
@@ -116,6 +119,13 @@ def _check_npz_keys(path: Path) -> None:
     _require_keys(path, found)
 
 
+def spatial_shape(image: np.ndarray, ndim: int) -> tuple[int, ...]:
+    """The image's shape without its channel axis (the axis before (H, W)), if it has one."""
+    if image.ndim == ndim:
+        return image.shape
+    return image.shape[:-3] + image.shape[-2:]
+
+
 def check_arrays(
     path: Path,
     image: np.ndarray,
@@ -125,11 +135,19 @@ def check_arrays(
 ) -> None:
     """Validate one item's arrays; DataError naming ``path`` on the first problem.
 
-    Checks: image has ``ndim`` dims, finite values; label (if given) has the image's shape,
-    finite whole-number values in [0, num_classes) (upper bound skipped when None).
+    Checks: image has ``ndim`` dims, or ``ndim + 1`` with a channel axis just before (H, W)
+    (slices (C, H, W), volumes (D, C, H, W)), finite values; label (if given) has the image's
+    shape without the channel axis, finite whole-number values in [0, num_classes) (upper bound
+    skipped when None).
     """
-    if image.ndim != ndim:
-        raise DataError(f"{path}: image has {image.ndim} dims {image.shape}, expected {ndim}")
+    # A channel axis makes the image one dim more than its label; an image and label of one
+    # dim more each is a volume where a slice belongs (or the reverse), not channels.
+    with_channels = image.ndim == ndim + 1 and (label is None or label.ndim == ndim)
+    if image.ndim != ndim and not with_channels:
+        raise DataError(
+            f"{path}: image has {image.ndim} dims {image.shape}, expected {ndim} "
+            f"(or {ndim + 1} with a channel axis before H, W and a {ndim}-dim label)"
+        )
     if image.size == 0:
         # A volume of 0 slices passed every other check and crashed the evaluation much later.
         raise DataError(f"{path}: image has shape {image.shape}, which holds no voxels; re-create the file from the raw data")
@@ -137,7 +155,7 @@ def check_arrays(
         raise DataError(f"{path}: image holds NaN, infinite or non-numeric values; fix the file")
     if label is None:
         return
-    if label.shape != image.shape:
+    if label.shape != spatial_shape(image, ndim):
         raise DataError(f"{path}: label shape {label.shape} differs from image shape {image.shape}")
     if label.dtype == np.bool_:
         label = label.astype(np.uint8)
@@ -167,8 +185,9 @@ def _check_num_classes(num_classes: int) -> None:
 class NpzSlices(Dataset):
     """2D training slices ``base_dir/NAME.npz`` for each NAME in ``list_file``.
 
-    Each item is ``{"image": float32 tensor (1, S_h, S_w), "label": int64 tensor (S_h, S_w),
-    "case_name": NAME}``. A slice is first resized to ``img_size`` -- the protocol's zoom (order
+    Each item is ``{"image": float32 tensor (C, S_h, S_w), "label": int64 tensor (S_h, S_w),
+    "case_name": NAME}``: C = 1 for a stored (H, W) slice, C for a stored (C, H, W) one (every
+    channel resized, augmented with the same geometric draw, and normalised alike). A slice is first resized to ``img_size`` -- the protocol's zoom (order
     3 image, order 0 label) as torch products (``datasets.resize``; float32 products, so the
     image is within 1e-6 of scipy's, labels equal) -- then augmented there
     (image float32 in [0, 1], label int64), then normalised. Augmenting the small slice is what
@@ -246,24 +265,31 @@ class NpzSlices(Dataset):
         if self.check:
             check_arrays(path, image, label, ndim=2, num_classes=self.num_classes)
         image = image.astype(np.float32, copy=False)
+        # One channel: the stored (H, W) as ever; several: (C, H, W), channels as a batch.
+        channels = image if image.ndim == 3 else image[None]
         if self.augment_first:
             label = label.astype(np.int64)
             if self.augment is not None:
                 image, label = self.augment(image, label)
-            image = preprocess_slice(image, self.img_size)
+                channels = image if image.ndim == 3 else image[None]
+            image = np.stack([preprocess_slice(channel, self.img_size) for channel in channels])
             label = resize_label(label, self.img_size)
         else:
-            augment = self._augmentation_after_resize(image.shape)
-            image = zoom_images(torch.from_numpy(image)[None], self.img_size, TRAINING_ZOOM_PRODUCTS)[0].numpy()
+            augment = self._augmentation_after_resize(image.shape[-2:])
+            image = zoom_images(torch.from_numpy(channels), self.img_size, TRAINING_ZOOM_PRODUCTS).numpy()
             # Gather in the stored dtype (whole numbers, checked above), convert the small
             # result: converting the stored 512x512 label to int64 first costs more.
             label = zoom_labels(torch.from_numpy(label)[None], self.img_size)[0].numpy()
             label = label.astype(np.int64)
+            if image.shape[0] == 1:
+                image = image[0]  # the augmentations take a one-channel slice as (H, W)
             if augment is not None:
                 image, label = augment(image, label)
             image = normalise(image)
+        if image.ndim == 2:
+            image = image[None]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0),
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
             "case_name": name,
         }
@@ -302,7 +328,7 @@ def _check_declared_shape(path: Path, file: h5py.File, key: str) -> None:
 class H5Volumes(Dataset):
     """3D volumes ``base_dir/NAME.npy.h5`` for each NAME in ``list_file``.
 
-    Each item is ``{"image": float32 (D, H, W), "label": int64 (D, H, W) or None,
+    Each item is ``{"image": float32 (D, H, W) or (D, C, H, W), "label": int64 (D, H, W) or None,
     "case_name": NAME, "spacing": (z, y, x) mm or None}`` with numpy arrays. ``spacing`` comes
     from the file's optional ``spacing`` attribute (None when absent).
 
@@ -445,7 +471,8 @@ def slices_to_volumes(
         num_classes: if given, labels must lie in [0, num_classes).
 
     Returns:
-        One dict per case, as ``H5Volumes`` items: image float32 (D, H, W), label int64
+        One dict per case, as ``H5Volumes`` items: image float32 (D, H, W) (or (D, C, H, W)
+        from (C, H, W) slices), label int64
         (D, H, W), ``case_name``, ``spacing`` None; slices stacked by slice index. Memory: about
         12 bytes per voxel, e.g. 0.5 GB for a 150-slice 512x512 case.
 

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from datasets.catalog import IMAGES, DatasetInfo
+from datasets.common import first_channel
 from datasets.readers import ignore_stop_signals
 from utils.errors import UserError
 from utils.images import METRIC_NAMES, confusion, predict_image, scores
@@ -393,7 +394,7 @@ class VolumeResult:
 def _volume_example(case: dict, prediction: np.ndarray) -> dict:
     """The slice of ``case`` with the most labelled voxels, for a picture."""
     middle = int(np.argmax((case["label"] > 0).sum(axis=(1, 2))))
-    return {"image": case["image"][middle], "prediction": prediction[middle], "label": case["label"][middle]}
+    return {"image": first_channel(case["image"])[middle], "prediction": prediction[middle], "label": case["label"][middle]}
 
 
 def case_names(cases: Sequence) -> list[str]:
@@ -441,7 +442,7 @@ class VolumeEvaluator(_Evaluator):
     """Predict labelled volumes with the published protocol and score them (Dice, HD95)."""
 
     def predict(self, model: nn.Module, image: np.ndarray) -> np.ndarray:
-        """(D, H, W) intensities in [0, 1] -> (D, H, W) uint8 labels."""
+        """(D, H, W) -- or (D, K, H, W) of K channels -- intensities in [0, 1] -> (D, H, W) uint8 labels."""
         s = self.settings
         with _EvalMode(model):
             return predict_volume(model, image, s.img_size, s.batch_size, s.device, s.amp)

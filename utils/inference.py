@@ -41,8 +41,9 @@ def predict_volume(
     ``bench/resize_speed.py`` count the differences, none so far).
 
     Args:
-        model: network in eval mode, mapping (B, 1, h, w) to logits (B, C, h, w).
-        image: (D, H, W) volume with intensities in [0, 1].
+        model: network in eval mode, mapping (B, 1, h, w) -- (B, K, h, w) for K channels -- to
+            logits (B, C, h, w).
+        image: (D, H, W) volume with intensities in [0, 1], or (D, K, H, W) of K channels.
         img_size: (h, w) the network's input size.
         batch_size: slices per forward pass.
         device: where the network runs.
@@ -52,9 +53,10 @@ def predict_volume(
         (D, H, W) uint8 label volume.
     """
     device = torch.device(device)
-    height, width = image.shape[1:]
+    height, width = image.shape[-2:]
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    prediction = np.empty(image.shape, dtype=np.uint8)
+    # (D, H, W) whether or not the image has a channel axis.
+    prediction = np.empty((image.shape[0], height, width), dtype=np.uint8)
     # The resizes are matrix products that pay off on many slices at once, whatever number of
     # slices the network takes per forward pass.
     chunk = max(batch_size, RESIZE_CHUNK)

@@ -134,6 +134,15 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
     """
     from datasets.scans import CANONICAL_ORIENTATION, read_scan, write_prediction
 
+    channels = predictor.info.in_chans or 1
+    if channels > 1:
+        # read_scan reads one image per scan; a network of several channels would be fed one
+        # channel repeated, or fail on the channel count -- refuse before either.
+        raise UserError(
+            f"{path}: the network takes {channels} channels, and segmenting new scans of several channels "
+            "(NAME_0000, NAME_0001, ...) is not supported yet; convert them with a label of zeros by "
+            "python -m datasets.prepare.nifti and run test.py on the converted volumes (docs/other-data.md)"
+        )
     scan = read_scan(path, predictor.info.intensity_clip)
     prediction = predictor.predict(scan.image)
     target = write_prediction(scan, prediction, save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}")

@@ -25,9 +25,14 @@ def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
 
-def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, label_path: Path) -> None:
+GRID_FIX = "the label must lie on the image's voxel grid -- resample it onto the image or fix its header"
+CHANNEL_GRID_FIX = "the channels of a case must share one voxel grid -- resample them onto the first or fix the header"
+
+
+def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, label_path: Path, fix: str = GRID_FIX) -> None:
     """Raise a DataError naming both files and the property (spacing, origin, direction) in
-    which the label's voxel grid differs from the image's (same size assumed)."""
+    which the label's (or another channel's) voxel grid differs from the image's (same size
+    assumed); ``fix`` says what to do."""
     spacing = np.array(image.GetSpacing())
     checks = (
         ("spacing (x, y, z) mm", image.GetSpacing(), label.GetSpacing(), SPACING_RTOL * spacing),
@@ -36,10 +41,7 @@ def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, labe
     )
     for name, ours, theirs, tolerance in checks:
         if not np.all(np.abs(np.subtract(ours, theirs)) <= tolerance):
-            raise DataError(
-                f"{image_path} and {label_path} differ in {name}: {_fmt(ours)} vs {_fmt(theirs)}; "
-                "the label must lie on the image's voxel grid -- resample it onto the image or fix its header"
-            )
+            raise DataError(f"{image_path} and {label_path} differ in {name}: {_fmt(ours)} vs {_fmt(theirs)}; {fix}")
 
 
 def _read(path: Path) -> sitk.Image:
@@ -77,3 +79,34 @@ def read_nifti_pair(
         )
     x, y, z = image_itk.GetSpacing()
     return image, label.astype(np.float32), (float(z), float(y), float(x))
+
+
+def read_nifti_channels(
+    image_paths: Sequence[Path], label_path: Path, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read the channels of one case (nnU-Net's ``NAME_0000``, ``NAME_0001``, ...) and its label.
+
+    Returns:
+        image (D, H, W) for one channel -- exactly ``read_nifti_pair`` -- or (D, C, H, W) for
+        several, the channel axis just before (H, W) as the readers expect; label float32
+        (D, H, W); spacing (z, y, x) in mm.
+
+    Raises:
+        DataError: as ``read_nifti_pair``, or a channel whose shape or voxel grid differs from
+            the first channel's (one line naming both files).
+    """
+    first, label, spacing = read_nifti_pair(image_paths[0], label_path, num_classes)
+    if len(image_paths) == 1:
+        return first, label, spacing
+    reference = _read(image_paths[0])
+    channels = [first]
+    for path in image_paths[1:]:
+        other = _read(path)
+        array = sitk.GetArrayFromImage(other)
+        if array.shape != first.shape:
+            raise DataError(
+                f"{path} has shape {array.shape} (z, y, x) but {image_paths[0]} has {first.shape}; {CHANNEL_GRID_FIX}"
+            )
+        check_same_grid(reference, other, image_paths[0], path, CHANNEL_GRID_FIX)
+        channels.append(array)
+    return np.stack(channels, axis=1), label, spacing
