@@ -48,7 +48,7 @@ from utils.metrics import CONVENTIONS
 from utils.predictor import Predictor
 from utils.results import ResultsFolder
 from utils.runs import ARGS_FILE, TEST_FOLDER, latest_run_id, make_folder
-from utils.scans import PREDICTION_SUFFIX, classify_volume_path, save_nifti, segmenter
+from utils.scans import PREDICTION_SUFFIX, classify_volume_path, save_nifti, scan_inputs, segmenter
 from utils.visualize import montage
 
 logger = logging.getLogger("test")
@@ -233,10 +233,11 @@ def run(args: argparse.Namespace) -> None:
     predictor = load(args, placement)
     target = classify_volume_path(args.test_path or predictor.info.test_path, predictor.info.kind, "--test_path (--volume_path)")
     save_dir = results.open()
-    if target.files:
-        logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(target.files), target.folder)
+    inputs = scan_inputs(target.files, predictor.info.kind, predictor.info.in_chans or 1)
+    if inputs:
+        logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(inputs), target.folder)
         segment = segmenter(predictor.info.kind)
-        for path in tqdm(target.files[placement.rank :: placement.world_size], desc="inputs", leave=False):
+        for path in tqdm(inputs[placement.rank :: placement.world_size], desc="inputs", leave=False):
             segment(predictor, path, save_dir, args.save_png)
     else:
         evaluate(args, predictor, placement, target.folder, spacing, save_dir)

@@ -7,7 +7,12 @@ Nothing here reads or writes files, so any module can import it without pulling 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+# nnU-Net's channel suffix of a scan's files: NAME_0000, NAME_0001, ... (four digits, the channel).
+CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 class DataError(ValueError):

@@ -29,8 +29,10 @@ values are counted from the file itself.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -71,8 +73,9 @@ class Scan:
 
     Attributes:
         path: the file it was read from.
-        image: float32 (D, H, W) in [0, 1], in ``CANONICAL_ORIENTATION`` (axial slices along D
-            for the default), clipped and min-max scaled as the training data were.
+        image: float32 (D, H, W) in [0, 1] -- (D, C, H, W) for a scan of C channels -- in
+            ``CANONICAL_ORIENTATION`` (axial slices along D for the default), clipped and min-max
+            scaled as the training data were.
         orientation: the file's own orientation code, e.g. ``"RAS"`` or ``"PIL"``.
         file_grid: the file's geometry, given unchanged to the written prediction.
         canonical_grid: the geometry of ``image`` (the file's voxels, permuted and flipped).
@@ -204,7 +207,10 @@ def read_scan(path: str | Path, clip: tuple[float, float] | None = None, orienta
         DataError: unreadable, not 3D, more than one channel, or NaN / infinite voxels.
     """
     path = Path(path)
-    image = _read_image(path)
+    return _scan_of(path, _read_image(path), clip, orientation)
+
+
+def _scan_of(path: Path, image: sitk.Image, clip: tuple[float, float] | None, orientation: str) -> Scan:
     own = orientation_of(image)
     canonical = sitk.DICOMOrient(image, orientation)
     volume = sitk.GetArrayFromImage(canonical)
@@ -217,6 +223,31 @@ def read_scan(path: str | Path, clip: tuple[float, float] | None = None, orienta
                 "intensity (e.g. the scan's minimum) and run again"
             )
     return Scan(path, normalise_volume(volume, clip), own, Grid.of(image), Grid.of(canonical))
+
+
+def read_scan_channels(
+    paths: Sequence[str | Path], clip: tuple[float, float] | None = None, orientation: str = CANONICAL_ORIENTATION
+) -> Scan:
+    """Read one scan of several channels -- ``NAME_0000.nii.gz``, ``NAME_0001.nii.gz``, ... as
+    nnU-Net names them -- each channel as :func:`read_scan` reads a scan.
+
+    Returns:
+        The first channel's scan, its image float32 (D, C, H, W), each channel scaled to [0, 1]
+        on its own, as the converter scales the training channels.
+
+    Raises:
+        DataError: a channel on another voxel grid than the first (the converter's check).
+    """
+    from datasets.prepare.common import CHANNEL_GRID_FIX, check_same_grid
+
+    paths = [Path(path) for path in paths]
+    images = [_read_image(path) for path in paths]
+    for path, image in zip(paths[1:], images[1:]):
+        if image.GetSize() != images[0].GetSize():
+            raise DataError(f"{path} has {image.GetSize()} voxels but {paths[0]} has {images[0].GetSize()}; {CHANNEL_GRID_FIX}")
+        check_same_grid(images[0], image, paths[0], path, CHANNEL_GRID_FIX)
+    scans = [_scan_of(path, image, clip, orientation) for path, image in zip(paths, images)]
+    return dataclasses.replace(scans[0], image=np.stack([scan.image for scan in scans], axis=1))
 
 
 def write_prediction(scan: Scan, labels: np.ndarray, path: str | Path) -> Path:
@@ -234,7 +265,8 @@ def write_prediction(scan: Scan, labels: np.ndarray, path: str | Path) -> Path:
         ``path``.
     """
     labels = np.asarray(labels)
-    if labels.shape != scan.image.shape:
+    spatial = scan.image.shape if scan.image.ndim == 3 else scan.image.shape[:1] + scan.image.shape[2:]  # (D, C, H, W)
+    if labels.shape != spatial:
         raise ValueError(f"labels have shape {labels.shape} but the scan {scan.path} has {scan.image.shape}")
     if labels.dtype != np.uint8:
         raise ValueError(f"labels must be uint8 class ids, got {labels.dtype}")

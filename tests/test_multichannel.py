@@ -251,17 +251,45 @@ def test_predict_volume_feeds_every_channel(tmp_path):
     assert 0.3 < prediction.mean() < 0.7
 
 
-def test_new_scans_of_several_channels_are_refused_in_one_line(tmp_path):
-    from types import SimpleNamespace
+def test_new_scans_of_several_channels_are_segmented_as_their_converted_volumes(two_channel_folder, tmp_path):
+    root = two_channel_folder["root"]
+    out, run = tmp_path / "data", tmp_path / "run"
+    convert(root / "imagesTr", root / "labelsTr", root / "classes.json", out, 0.25)
+    args = ["--dataset", str(out / "dataset.json"), "--output_dir", str(run), *TINY_RUN, "--max_epochs", "1"]
+    assert train_script.main(args) == 0
+    test_script = load_test_script()
+    # the converted test volume heart2, predicted by the evaluation and saved as NIfTI ...
+    assert (
+        test_script.main(["--output_dir", str(run), "--workers", "0", "--is_savenii", "--test_save_dir", str(tmp_path / "eval")])
+        == 0
+    )
+    evaluated = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "eval" / "heart2_pred.nii.gz")))
+    # ... and the raw scans, NAME_0000 + NAME_0001 per case, segmented as new scans
+    assert (
+        test_script.main(
+            ["--output_dir", str(run), "--test_path", str(root / "imagesTr"), "--test_save_dir", str(tmp_path / "new")]
+        )
+        == 0
+    )
+    written = sorted(path.name for path in (tmp_path / "new").glob("*_pred.nii.gz"))
+    assert written == [f"heart{k}_pred.nii.gz" for k in range(NUM_CASES)]
+    segmented = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "new" / "heart2_pred.nii.gz")))
+    assert segmented.shape == evaluated.shape == (4, TINY_SIZE, TINY_SIZE)
+    np.testing.assert_array_equal(segmented, evaluated)
 
+
+def test_a_scan_missing_a_channel_is_a_one_line_error(two_channel_folder, tmp_path):
     from datasets.catalog import DatasetInfo
     from utils.errors import UserError
-    from utils.scans import segment_scan
+    from utils.scans import channel_files, scan_inputs
 
-    info = DatasetInfo(num_classes=3, class_names=("a", "b"), list_dir="l", root_path="r", test_path="t", in_chans=2)
-    predictor = SimpleNamespace(info=info)
-    with pytest.raises(UserError) as error:
-        segment_scan(predictor, tmp_path / "scan_0000.nii.gz", tmp_path)
-    message = str(error.value)
-    assert "scan_0000.nii.gz: the network takes 2 channels" in message and "not supported yet" in message
-    assert "\n" not in message
+    only_first = tmp_path / "scan_0000.nii.gz"
+    only_first.write_bytes(b"")
+    with pytest.raises(UserError, match=r"scan_0001.nii.gz does not exist: the network takes 2 channels"):
+        channel_files(only_first, 2)
+    with pytest.raises(UserError, match="name a scan's channels NAME_0000.nii.gz"):
+        channel_files(tmp_path / "scan.nii.gz", 2)
+    files = [tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz", tmp_path / "b_0000.nii.gz", tmp_path / "b_0001.nii.gz"]
+    assert scan_inputs(files, "volumes", 2) == [files[0], files[2]]
+    assert scan_inputs(files, "volumes", 1) == files
+    assert DatasetInfo(2, ("x",), "l", "r", "t", in_chans=2).in_chans == 2

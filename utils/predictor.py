@@ -189,11 +189,12 @@ class Predictor:
         return build_evaluator(self.info, self.num_classes, self.class_names, settings)
 
     def predict(self, data: np.ndarray) -> np.ndarray:
-        """Segment one volume (D, H, W) with intensities in [0, 1] -- or, for 2D image data, one
-        uint8 image (H, W, 3) -- with the evaluation protocol. Returns uint8 class ids of the
-        input's spatial shape."""
+        """Segment one volume (D, H, W) -- or (D, C, H, W) for a network of C channels -- with
+        intensities in [0, 1], or for 2D image data one uint8 image (H, W, 3), with the evaluation
+        protocol. Returns uint8 class ids of the input's spatial shape."""
         data = np.asarray(data)
-        if data.ndim != 3:
+        volume_of_channels = self.info.kind != IMAGES and data.ndim == 4 and data.shape[1] == (self.info.in_chans or 1)
+        if data.ndim != 3 and not volume_of_channels:
             what = "an (H, W, 3) uint8 image" if self.info.kind == IMAGES else "a (D, H, W) volume in [0, 1]"
             raise UserError(f"predict takes {what}; got an array of shape {data.shape}")
         return self.evaluator().predict(self.model, data)

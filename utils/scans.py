@@ -9,14 +9,14 @@ and evaluates ``.npz`` / ``.h5`` data does not need it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datasets.catalog import IMAGES
-from datasets.common import DataError
+from datasets.common import CHANNEL_PATTERN, DataError
 from datasets.isic import IMAGE_DIR, read_rgb
 from datasets.lists import TEST_DIR, VOLUME_SUFFIX
 from utils.errors import UserError
@@ -115,6 +115,43 @@ def nifti_stem(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".nii")
 
 
+def channel_case(path: Path) -> str:
+    """The case of a channel file: ``NAME`` for ``NAME_0000.nii.gz`` (nnU-Net's naming)."""
+    match = CHANNEL_PATTERN.match(nifti_stem(path))
+    return match["case"] if match else nifti_stem(path)
+
+
+def channel_files(first: Path, channels: int) -> list[Path]:
+    """The files of one scan of ``channels`` channels, from its first: ``NAME_0000.nii.gz`` ->
+    ``NAME_0000`` .. ``NAME_{channels-1:04d}``, beside it, in channel order."""
+    match = CHANNEL_PATTERN.match(nifti_stem(first))
+    if not match or int(match["channel"]) != 0:
+        raise UserError(
+            f"{first}: the network takes {channels} channels; name a scan's channels NAME_0000.nii.gz, "
+            "NAME_0001.nii.gz, ... (nnU-Net's naming) and pass NAME_0000.nii.gz or their folder"
+        )
+    suffix = first.name[len(nifti_stem(first)) :]
+    paths = [first.with_name(f"{match['case']}_{channel:04d}{suffix}") for channel in range(channels)]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} does not exist: the network takes {channels} channels, {first.name} .. {paths[-1].name}")
+    return paths
+
+
+def scan_inputs(files: Sequence[Path], kind: str, channels: int) -> list[Path]:
+    """The inputs to segment among ``files``: every file, except that for a volume network of
+    several channels each scan is named once, by its first channel file (``NAME_0000``)."""
+    if kind == IMAGES or channels == 1 or not files:
+        return list(files)
+    firsts = [path for path in files if (match := CHANNEL_PATTERN.match(nifti_stem(path))) and int(match["channel"]) == 0]
+    if not firsts:
+        raise UserError(
+            f"none of {', '.join(path.name for path in files[:3])} is the first channel (NAME_0000.nii.gz) of a scan "
+            f"of {channels} channels; name a scan's channels NAME_0000.nii.gz, NAME_0001.nii.gz, ..."
+        )
+    return firsts
+
+
 def save_nifti(array: np.ndarray, path: Path, z_spacing: int) -> None:
     """Write a (D, H, W) array with spacing (1, 1, z_spacing), as the published test script does."""
     import SimpleITK as sitk
@@ -132,22 +169,19 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
     scales to [0, 1], as the preprocessing of the training data did; the prediction is oriented
     back and written with the scan's geometry.
     """
-    from datasets.scans import CANONICAL_ORIENTATION, read_scan, write_prediction
+    from datasets.scans import CANONICAL_ORIENTATION, read_scan, read_scan_channels, write_prediction
 
     channels = predictor.info.in_chans or 1
     if channels > 1:
-        # read_scan reads one image per scan; a network of several channels would be fed one
-        # channel repeated, or fail on the channel count -- refuse before either.
-        raise UserError(
-            f"{path}: the network takes {channels} channels, and segmenting new scans of several channels "
-            "(NAME_0000, NAME_0001, ...) is not supported yet; convert them with a label of zeros by "
-            "python -m datasets.prepare.nifti and run test.py on the converted volumes (docs/other-data.md)"
-        )
-    scan = read_scan(path, predictor.info.intensity_clip)
+        scan = read_scan_channels(channel_files(path, channels), predictor.info.intensity_clip)
+        path = path.with_name(channel_case(path) + path.name[len(nifti_stem(path)) :])  # name the output by the case
+    else:
+        scan = read_scan(path, predictor.info.intensity_clip)
     prediction = predictor.predict(scan.image)
     target = write_prediction(scan, prediction, save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}")
     if save_png:
-        montage(scan.image, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
+        first_channel = scan.image if scan.image.ndim == 3 else scan.image[:, 0]
+        montage(first_channel, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
     logger.info(
         "%s (stored %s, read as %s) -> %s (%s voxels labelled)",
         path.name,

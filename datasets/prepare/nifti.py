@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.catalog import DATASET_JSON, DatasetInfo, load_dataset_json
-from datasets.common import DataError, normalise_volume
+from datasets.common import CHANNEL_PATTERN, DataError, normalise_volume
 from datasets.lists import LIST_DIR, TEST_DIR, TRAIN_DIR
 from datasets.prepare.common import read_nifti_channels
 from datasets.prepare.staging import staged_output
@@ -62,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 CHANNEL_SUFFIX = "_0000"  # nnU-Net names single-channel images NAME_0000.nii.gz
-# nnU-Net's channel suffix: NAME_0000, NAME_0001, ... (four digits, the channel index).
-CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 DEFAULT_TEST_FRACTION = 0.2
 
 
