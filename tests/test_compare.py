@@ -186,7 +186,17 @@ def test_the_cost_of_a_run_that_recorded_none_is_measured_like_bench_model(train
     from utils.compare import measure_cost
 
     cost = measure_cost(run)
+    assert cost == recorded["network_cost"]  # what the training run itself recorded
     model = UNet(**run.args["model_kwargs"])
     assert cost == network_cost(model, None, run.args["img_size"])
     assert cost["gmacs"] * 1e9 == count_macs(model, torch.zeros(1, 1, 32, 32)).total
     assert cost["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_case_listed_twice_is_refused_in_any_run_the_first_included(tmp_path):
+    dice, hd95 = scores(1)
+    twice = [*CASES[:-1], CASES[0]]
+    first = volume_run(tmp_path / "a", dice, hd95, cases=twice, args=args_json(seed=1))
+    second = volume_run(tmp_path / "b", dice, hd95, args=args_json(seed=2))
+    with pytest.raises(UserError, match="lists a case twice"):
+        compare([first, second], tmp_path / "out")

@@ -34,15 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from datasets.catalog import IMAGE_CHANNELS, IMAGES, VOLUMES, dataset_info
+from utils.checkpoint import BEST, LAST
 from utils.errors import UserError
+from utils.evaluation import METRICS_JSON
 from utils.profile import COST_KEY
+from utils.runs import ARGS_FILE, TEST_FOLDER
 
-METRICS_JSON = "metrics.json"  # what utils.evaluation writes
-TEST_FOLDER = "test"  # test.py's default --test_save_dir inside a run
-ARGS_JSON = "args.json"  # what train.py writes (utils.runs.ARGS_FILE)
-CHECKPOINTS = ("best.pth", "last.pth")
-VOLUMES, IMAGES = "volumes", "images"
-IMAGE_CHANNELS = 3  # 2D image data sets feed RGB (datasets.catalog)
+CHECKPOINTS = (BEST, LAST)  # the network of a run that recorded no cost, in this order
 # Settings that may differ between runs of one group: the seed, the fold (its data and lists),
 # and how the run was executed rather than what was trained.
 NOT_THE_RECIPE = frozenset(
@@ -161,7 +160,7 @@ def find_metrics(path: Path) -> tuple[Path, Path | None]:
             f"(python test.py --output_dir {path}) or pass the metrics.json itself"
         )
     # the run folder: the nearest with args.json -- RUN/test/ (test.py) or RUN/eval/epoch_N/ (train.py)
-    folder = next((f for f in list(metrics.parents)[:3] if (f / ARGS_JSON).is_file()), None)
+    folder = next((f for f in list(metrics.parents)[:3] if (f / ARGS_FILE).is_file()), None)
     return metrics, folder
 
 
@@ -179,7 +178,7 @@ def read_run(path: str | Path) -> Run:
     """A run's test results, from any form :func:`find_metrics` accepts."""
     source, folder = find_metrics(Path(path))
     metrics = _read_json(source)
-    args = _read_json(folder / ARGS_JSON) if folder is not None else {}
+    args = _read_json(folder / ARGS_FILE) if folder is not None else {}
     try:
         cases = [case["case"] for case in metrics["cases"]]
         class_names = [entry["name"] for entry in metrics["per_class"]]
@@ -200,6 +199,8 @@ def read_run(path: str | Path) -> Run:
         raise UserError(f"{source} is not a metrics.json of test.py (missing or malformed {error})") from None
     if not cases:
         raise UserError(f"{source} holds no cases; evaluate on a list with at least one case")
+    if len(cases) != len(set(cases)):
+        raise UserError(f"{source} lists a case twice; evaluate again")
     return Run(
         source=source,
         folder=folder,
@@ -232,8 +233,6 @@ def check_comparable(runs: Sequence[Run]) -> None:
                 f"{', '.join(only_first) or 'none'}; only in the second: {', '.join(only_run) or 'none'}; "
                 "evaluate every run on the same test list"
             )
-        if len(run.cases) != len(set(run.cases)):
-            raise UserError(f"{run.source} lists a case twice; evaluate again")
         if run.class_names != first.class_names:
             raise UserError(f"{first.source} and {run.source} score different classes: {first.class_names} vs {run.class_names}")
         if run.scoring != first.scoring:
@@ -296,7 +295,7 @@ def measure_cost(run: Run) -> dict[str, float] | None:
     its checkpoint (untrained weights: the cost does not depend on them); None if neither is there."""
     if isinstance(run.args.get(COST_KEY), dict):
         return run.args[COST_KEY]
-    from utils.loader import build_network  # (torch and the networks only when a cost is measured)
+    from utils.loader import build_network
     from utils.profile import network_cost
 
     module, kwargs, img_size = run.args.get("module"), run.args.get("model_kwargs"), run.args.get("img_size")
@@ -311,8 +310,12 @@ def measure_cost(run: Run) -> dict[str, float] | None:
                 img_size = img_size or payload["args"].get("img_size")
     if module is None or kwargs is None or img_size is None:
         return None
-    model = build_network(module, kwargs)
-    return network_cost(model, IMAGE_CHANNELS if run.kind == IMAGES else None, int(img_size))
+    try:
+        channels = dataset_info(run.args.get("dataset", "Synapse")).channels  # as the run was fed
+    except ValueError:  # its dataset.json is not on this machine: the kind of data says
+        channels = IMAGE_CHANNELS if run.kind == IMAGES else 1
+    # untrained and without pretrained weights: the cost does not depend on them
+    return network_cost(build_network(module, kwargs, pretrained=False), channels, int(img_size))
 
 
 # --------------------------------------------------------------------------------------------
