@@ -63,7 +63,12 @@ def read_nifti_pair(
         DataError: unreadable file, not 3D, shapes or geometry (spacing, origin, direction)
             differ, or labels outside [0, num_classes).
     """
-    image_itk, label_itk = _read(image_path), _read(label_path)
+    return _checked_pair(_read(image_path), _read(label_path), image_path, label_path, num_classes)
+
+
+def _checked_pair(
+    image_itk: sitk.Image, label_itk: sitk.Image, image_path: Path, label_path: Path, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     image, label = sitk.GetArrayFromImage(image_itk), sitk.GetArrayFromImage(label_itk)
     if image.ndim != 3:
         raise DataError(f"{image_path} has {image.ndim} dimensions {image.shape}; expected a 3D volume")
@@ -95,18 +100,20 @@ def read_nifti_channels(
         DataError: as ``read_nifti_pair``, or a channel whose shape or voxel grid differs from
             the first channel's (one line naming both files).
     """
-    first, label, spacing = read_nifti_pair(image_paths[0], label_path, num_classes)
     if len(image_paths) == 1:
-        return first, label, spacing
-    reference = _read(image_paths[0])
-    channels = [first]
-    for path in image_paths[1:]:
-        other = _read(path)
-        array = sitk.GetArrayFromImage(other)
-        if array.shape != first.shape:
+        return read_nifti_pair(image_paths[0], label_path, num_classes)
+    images = [_read(path) for path in image_paths]
+    first, label, spacing = _checked_pair(images[0], _read(label_path), image_paths[0], label_path, num_classes)
+    check_channel_grids(images, image_paths)
+    return np.stack([first, *(sitk.GetArrayFromImage(image) for image in images[1:])], axis=1), label, spacing
+
+
+def check_channel_grids(images: Sequence[sitk.Image], paths: Sequence[Path]) -> None:
+    """The channels of one scan share the first channel's voxel grid: size, spacing, origin and
+    direction (a DataError naming both files otherwise)."""
+    for path, image in zip(paths[1:], images[1:]):
+        if image.GetSize() != images[0].GetSize():
             raise DataError(
-                f"{path} has shape {array.shape} (z, y, x) but {image_paths[0]} has {first.shape}; {CHANNEL_GRID_FIX}"
+                f"{path} has {image.GetSize()} voxels (x, y, z) but {paths[0]} has {images[0].GetSize()}; {CHANNEL_GRID_FIX}"
             )
-        check_same_grid(reference, other, image_paths[0], path, CHANNEL_GRID_FIX)
-        channels.append(array)
-    return np.stack(channels, axis=1), label, spacing
+        check_same_grid(images[0], image, paths[0], path, CHANNEL_GRID_FIX)

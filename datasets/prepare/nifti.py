@@ -60,7 +60,6 @@ from datasets.writing import write_training_slices, write_volume
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-CHANNEL_SUFFIX = "_0000"  # nnU-Net names single-channel images NAME_0000.nii.gz
 DEFAULT_TEST_FRACTION = 0.2
 
 
@@ -155,21 +154,6 @@ def find_cases(images: str | Path, labels: str | Path) -> list[tuple[str, tuple[
             f"{len(channels[odd])}; every case needs the same channels"
         )
     return cases
-
-
-def find_pairs(images: str | Path, labels: str | Path) -> list[tuple[str, Path, Path]]:
-    """``(case name, image, label)`` for every one-channel NIfTI image with a label of the same
-    name; ``find_cases`` for cases of several channels.
-
-    Raises:
-        DataError: as ``find_cases``, or a case of several channels.
-    """
-    pairs = []
-    for name, paths, label in find_cases(images, labels):
-        if len(paths) > 1:
-            raise DataError(f"{paths[1]}: case {name} has {len(paths)} channels; read it with find_cases")
-        pairs.append((name, paths[0], label))
-    return pairs
 
 
 def normalise_channels(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
