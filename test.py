@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> None:
     predictor = load(args, placement)
     target = classify_volume_path(args.test_path or predictor.info.test_path, predictor.info.kind, "--test_path (--volume_path)")
     save_dir = results.open()
-    inputs = scan_inputs(target.files, predictor.info.kind, predictor.info.in_chans or 1)
+    inputs = scan_inputs(target.files, predictor.info.kind, predictor.info.channels)
     if inputs:
         logger.info("segmenting %d unlabelled input(s) of %s; no labels, so no metrics", len(inputs), target.folder)
         segment = segmenter(predictor.info.kind)

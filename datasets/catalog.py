@@ -58,6 +58,11 @@ class DatasetInfo:
     val_list: str | None = None
     intensity_clip: tuple[float, float] | None = None
 
+    @property
+    def channels(self) -> int:
+        """Channels of the slices the readers give the network: ``in_chans``, else one grey slice."""
+        return self.in_chans or 1
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "Synapse": DatasetInfo(

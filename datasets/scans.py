@@ -40,7 +40,7 @@ from typing import BinaryIO
 import numpy as np
 import SimpleITK as sitk
 
-from datasets.common import DataError, normalise_volume
+from datasets.common import DataError, first_channel, normalise_volume
 
 CANONICAL_ORIENTATION = "LPS"
 
@@ -238,14 +238,11 @@ def read_scan_channels(
     Raises:
         DataError: a channel on another voxel grid than the first (the converter's check).
     """
-    from datasets.prepare.common import CHANNEL_GRID_FIX, check_same_grid
+    from datasets.prepare.common import check_channel_grids
 
     paths = [Path(path) for path in paths]
     images = [_read_image(path) for path in paths]
-    for path, image in zip(paths[1:], images[1:]):
-        if image.GetSize() != images[0].GetSize():
-            raise DataError(f"{path} has {image.GetSize()} voxels but {paths[0]} has {images[0].GetSize()}; {CHANNEL_GRID_FIX}")
-        check_same_grid(images[0], image, paths[0], path, CHANNEL_GRID_FIX)
+    check_channel_grids(images, paths)
     scans = [_scan_of(path, image, clip, orientation) for path, image in zip(paths, images)]
     return dataclasses.replace(scans[0], image=np.stack([scan.image for scan in scans], axis=1))
 
@@ -265,8 +262,7 @@ def write_prediction(scan: Scan, labels: np.ndarray, path: str | Path) -> Path:
         ``path``.
     """
     labels = np.asarray(labels)
-    spatial = scan.image.shape if scan.image.ndim == 3 else scan.image.shape[:1] + scan.image.shape[2:]  # (D, C, H, W)
-    if labels.shape != spatial:
+    if labels.shape != first_channel(scan.image).shape:
         raise ValueError(f"labels have shape {labels.shape} but the scan {scan.path} has {scan.image.shape}")
     if labels.dtype != np.uint8:
         raise ValueError(f"labels must be uint8 class ids, got {labels.dtype}")

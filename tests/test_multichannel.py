@@ -292,4 +292,6 @@ def test_a_scan_missing_a_channel_is_a_one_line_error(two_channel_folder, tmp_pa
     files = [tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz", tmp_path / "b_0000.nii.gz", tmp_path / "b_0001.nii.gz"]
     assert scan_inputs(files, "volumes", 2) == [files[0], files[2]]
     assert scan_inputs(files, "volumes", 1) == files
-    assert DatasetInfo(2, ("x",), "l", "r", "t", in_chans=2).in_chans == 2
+    # the channels the readers give: in_chans, else one grey slice
+    assert DatasetInfo(2, ("x",), "l", "r", "t", in_chans=2).channels == 2
+    assert DatasetInfo(2, ("x",), "l", "r", "t").channels == 1

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from datasets.catalog import IMAGES, dataset_info
+from datasets.catalog import IMAGES, DatasetInfo, dataset_info
 from datasets.common import IMAGE_MEAN, IMAGE_STD, DataError
 from datasets.lists import read_list
 from datasets.readers import evaluation_cases, ignore_stop_signals, training_set
@@ -339,13 +339,12 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     seed_everything(config.seed)
     torch.backends.cudnn.deterministic = config.deterministic
     torch.backends.cudnn.benchmark = not config.deterministic
-    model = build_model(config, placement)
+    info = dataset_info(config.dataset)
+    model = build_model(config, info.channels, placement)
     if config.init is not None:
         initialise_from(model, config.init).log()
-    evaluator = build_evaluator(
-        dataset_info(config.dataset), config.num_classes, list(config.class_names), eval_settings(config, placement)
-    )
-    train_set, eval_cases, eval_kind = training_data(config, placement)
+    evaluator = build_evaluator(info, config.num_classes, list(config.class_names), eval_settings(config, placement))
+    train_set, eval_cases, eval_kind = training_data(config, info, placement)
     loader = build_loader(config, placement, train_set)
     plan = Plan.of(config, loader, eval_kind)
     describe_data(plan, train_set, eval_cases, config.kind)
@@ -356,7 +355,7 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
         checkpointer.resume(state, checkpoint, resumed, plan.max_iterations)
     if placement.main:
         # The network's cost per slice, measured once, for the comparison table (utils.compare).
-        cost = network_cost(model, dataset_info(config.dataset).in_chans, config.img_size)
+        cost = network_cost(model, info.channels, config.img_size)
         recorded = {"run_id": state.run_id, **config.to_json(), COST_KEY: cost}
         (Path(config.output_dir) / ARGS_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
     logger.info("run %s", state.run_id)
@@ -381,9 +380,9 @@ def eval_settings(config: RunConfig, placement: Placement) -> EvalSettings:
     )
 
 
-def build_model(config: RunConfig, placement: Placement) -> torch.nn.Module:
+def build_model(config: RunConfig, channels: int, placement: Placement) -> torch.nn.Module:
     model = to_device(build_network(config.module, config.model_kwargs), placement.device)
-    check_network(model, config.num_classes, dataset_info(config.dataset).in_chans or 1, config.img_size, placement.device)
+    check_network(model, config.num_classes, channels, config.img_size, placement.device)
     if config.use_checkpoint:
         model.set_grad_checkpointing(True)
     arguments = ", ".join(f"{k}={v}" for k, v in config.model_kwargs.items())
@@ -399,12 +398,11 @@ def wrap_model(model: torch.nn.Module, config: RunConfig, placement: Placement) 
     return torch.compile(model) if config.compile else model
 
 
-def training_data(config: RunConfig, placement: Placement) -> tuple[Dataset, Any, str]:
+def training_data(config: RunConfig, info: DatasetInfo, placement: Placement) -> tuple[Dataset, Any, str]:
     """The training data, the evaluation cases and what they are: held-out validation cases when
     ``--val_cases K`` > 0, else the table's validation list when it has one, else the test list
     (the published practice). Every evaluation case is read once now, so a corrupt volume stops
     the run before its first step, not hours into it."""
-    info = dataset_info(config.dataset)
     list_dir = Path(config.list_dir)
     img_size = (config.img_size, config.img_size)
     eval_list, eval_kind = (info.val_list, VALIDATION) if info.val_list else (info.test_list, TEST)

@@ -153,14 +153,15 @@ class Predictor:
             size = img_size or kwargs.get("img_size") or DEFAULT_IMG_SIZE
         run_device = device if isinstance(device, torch.device) else select_device(device)
         model = to_device(model, run_device)
-        check_network(model, class_count(kwargs) or info.num_classes, info.in_chans or 1, size, run_device)
+        predicted = class_count(kwargs) or info.num_classes  # (a library network names it classes, out_channels...)
+        check_network(model, predicted, info.channels, size, run_device)
         return cls(
             model=model.eval(),
             checkpoint=path,
             model_kwargs=kwargs,
             train_args=train_args,
             info=info,
-            num_classes=class_count(kwargs) or info.num_classes,  # (a library network names it classes, out_channels...)
+            num_classes=predicted,
             img_size=size,
             device=run_device,
             amp=amp,
@@ -193,7 +194,7 @@ class Predictor:
         intensities in [0, 1], or for 2D image data one uint8 image (H, W, 3), with the evaluation
         protocol. Returns uint8 class ids of the input's spatial shape."""
         data = np.asarray(data)
-        volume_of_channels = self.info.kind != IMAGES and data.ndim == 4 and data.shape[1] == (self.info.in_chans or 1)
+        volume_of_channels = self.info.kind != IMAGES and data.ndim == 4 and data.shape[1] == self.info.channels
         if data.ndim != 3 and not volume_of_channels:
             what = "an (H, W, 3) uint8 image" if self.info.kind == IMAGES else "a (D, H, W) volume in [0, 1]"
             raise UserError(f"predict takes {what}; got an array of shape {data.shape}")

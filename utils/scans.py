@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets.catalog import IMAGES
-from datasets.common import CHANNEL_PATTERN, DataError
+from datasets.common import CHANNEL_PATTERN, DataError, first_channel
 from datasets.isic import IMAGE_DIR, read_rgb
 from datasets.lists import TEST_DIR, VOLUME_SUFFIX
 from utils.errors import UserError
@@ -171,7 +171,7 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
     """
     from datasets.scans import CANONICAL_ORIENTATION, read_scan, read_scan_channels, write_prediction
 
-    channels = predictor.info.in_chans or 1
+    channels = predictor.info.channels
     if channels > 1:
         scan = read_scan_channels(channel_files(path, channels), predictor.info.intensity_clip)
         path = path.with_name(channel_case(path) + path.name[len(nifti_stem(path)) :])  # name the output by the case
@@ -180,8 +180,7 @@ def segment_scan(predictor: Predictor, path: Path, save_dir: Path, save_png: boo
     prediction = predictor.predict(scan.image)
     target = write_prediction(scan, prediction, save_dir / f"{nifti_stem(path)}{PREDICTION_SUFFIX}")
     if save_png:
-        first_channel = scan.image if scan.image.ndim == 3 else scan.image[:, 0]
-        montage(first_channel, prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
+        montage(first_channel(scan.image), prediction, None, predictor.class_names).save(save_dir / f"{nifti_stem(path)}.png")
     logger.info(
         "%s (stored %s, read as %s) -> %s (%s voxels labelled)",
         path.name,
