@@ -15,7 +15,7 @@ import torch
 import train as train_script
 from tests.conftest import run_script, tiny_train_args
 from tests.test_networks import published_state_dict
-from utils.checkpoint import CheckpointError, file_sha256, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, sha256
 from utils.checkpointer import initialise_from
 from utils.config import resolve_config
 from utils.devices import Placement
@@ -62,7 +62,7 @@ def test_a_9_class_run_fine_tuned_into_a_4_class_run_loads_every_other_tensor(ph
     assert "re-initialised head.weight" in caplog.text and "re-initialised head.bias" in caplog.text
     assert (state.epoch, state.iteration) == (0, 0)
     recorded = json.loads((tmp_path / "run" / "args.json").read_text())
-    assert recorded["init"] == str(source) and recorded["init_sha256"] == file_sha256(source)
+    assert recorded["init"] == str(source) and recorded["init_sha256"] == sha256(source)
 
 
 def test_the_fine_tuned_run_trains_and_its_checkpoint_records_where_it_started(phantom, trained_run, tmp_path):
@@ -73,7 +73,7 @@ def test_the_fine_tuned_run_trains_and_its_checkpoint_records_where_it_started(p
     assert result.returncode == 0, result.stderr
     assert "re-initialised head.weight" in (tmp_path / "run" / "log.txt").read_text()
     payload = load_checkpoint(tmp_path / "run" / "last.pth")
-    assert payload["args"]["init_sha256"] == file_sha256(source)
+    assert payload["args"]["init_sha256"] == sha256(source)
     assert payload["epoch"] == 0 and payload["model"]["head.weight"].shape[0] == FEWER_CLASSES
 
 

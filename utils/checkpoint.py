@@ -106,15 +106,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's content, read in chunks: checkpoints can be hundreds of MB."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def link_checkpoint(source: str | Path, target: str | Path) -> None:
     """Make ``target`` hold what ``source`` holds without writing the payload again: a hard link
     (a copy where the file system has none), put in place atomically. ``source`` is replaced, not

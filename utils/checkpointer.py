@@ -24,12 +24,12 @@ from utils.checkpoint import (
     LAST,
     CheckpointError,
     epoch_checkpoint_name,
-    file_sha256,
     is_self_describing,
     link_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    sha256,
     strip_wrapper_prefix,
 )
 from utils.config import AUTO, RunConfig, changed_settings
@@ -312,4 +312,4 @@ def initialise_from(model: torch.nn.Module, path: str | Path) -> InitReport:
             f"({'; '.join(problems)}); pass the --module and --model_kwargs it was trained with"
         )
     loaded = [name for name in own if name not in reinitialised]
-    return InitReport(path, file_sha256(path), loaded, reinitialised)
+    return InitReport(path, sha256(path), loaded, reinitialised)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.catalog import IMAGES, class_names, dataset_info
-from utils.checkpoint import file_sha256
+from utils.checkpoint import sha256
 from utils.cli import ignored_note
 from utils.errors import UserError
 from utils.loader import load_network_class, network_arguments, parse_model_kwargs
@@ -203,10 +203,10 @@ def resolve_config(flags: Mapping[str, Any] | Any, ignored: tuple[str, ...] = ()
     if init is not None and not Path(init).is_file():
         raise UserError(f"--init {init} is not a file; give a run's checkpoint (e.g. RUN/best.pth) or a state dict")
     values.update(
-        init_sha256=file_sha256(init) if init is not None else None,
+        init_sha256=sha256(init) if init is not None else None,
         kind=info.kind,
         train_list_sha256=hashlib.sha256(train_list.read_bytes()).hexdigest() if train_list.is_file() else None,
-        class_names=tuple(class_names(info, num_classes)) if num_classes and num_classes > 1 else (),
+        class_names=tuple(class_names(info, num_classes)),
         model_kwargs=model_kwargs,
         model_name=values["model_name"] or values["module"].rpartition(".")[2],
         lr=lr,

@@ -32,12 +32,10 @@ from torch import nn
 
 from datasets.catalog import IMAGES
 from datasets.common import IMAGE_MEAN, IMAGE_STD
-from utils.checkpoint import file_sha256
+from utils.checkpoint import sha256
 from utils.errors import UserError
 from utils.loader import parse_model_kwargs
 from utils.predictor import Predictor
-
-logger = logging.getLogger("export")
 
 FORMAT = "hsa-unet-export-v1"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -52,14 +50,6 @@ CHECK_SEED = 0
 def contract_path(path: Path) -> Path:
     """The contract beside an exported file: ``model.onnx`` -> ``model.onnx.json``."""
     return path.with_name(path.name + ".json")
-
-
-def input_channels(predictor: Predictor) -> int:
-    """Channels of the exported input: the data's (a grey volume gives 1 and the network repeats
-    it to its own count, as in training; 2D image data give what their reader gives)."""
-    if predictor.info.kind == IMAGES:
-        return predictor.info.in_chans or getattr(predictor.model, "in_chans", 3)
-    return predictor.info.in_chans or 1
 
 
 def preprocessing_steps(predictor: Predictor, size: int) -> list[str]:
@@ -81,7 +71,7 @@ def input_contract(predictor: Predictor, channels: int, batch: int) -> dict[str,
     return {
         "format": FORMAT,
         "source": str(predictor.checkpoint),
-        "source_sha256": file_sha256(predictor.checkpoint),
+        "source_sha256": sha256(predictor.checkpoint),
         "module": type(predictor.model).__module__ + "." + type(predictor.model).__name__,
         "model_kwargs": predictor.model_kwargs,
         "input": {
@@ -189,15 +179,15 @@ def export(
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
     model = predictor.model.cpu().eval()
-    channels, size = input_channels(predictor), predictor.img_size
+    channels, size = predictor.info.channels, predictor.img_size
     example = example_batch(batch, channels, size, seed=CHECK_SEED)
     writers = {"onnx": (export_onnx, run_onnx), "torchscript": (export_torchscript, run_torchscript)}
-    written = {}
+    written, contract_of_input = {}, input_contract(predictor, channels, batch)  # (hashes the checkpoint once)
     for kind, path in targets.items():
         write, run = writers[kind]
         path.parent.mkdir(parents=True, exist_ok=True)
         write(model, path, example)
-        contract = {**input_contract(predictor, channels, batch), "export": kind}
+        contract = {**contract_of_input, "export": kind}
         contract["check"] = check(path, run, model, example, atol) if verify else None
         contract_path(path).write_text(json.dumps(contract, indent=2) + "\n")
         written[kind] = contract

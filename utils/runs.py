@@ -29,6 +29,7 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from utils.checkpoint import BEST, LAST
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ EVAL_FOLDER = "eval"  # eval/epoch_N/metrics.json
 TEST_FOLDER = "test"  # test.py's default --test_save_dir for the run
 RUN_FILES = (ARGS_FILE, LOG_FILE, SPLIT_FILE, VAL_CASES_FILE)
 RUN_FOLDERS = (TENSORBOARD_FOLDER, EVAL_FOLDER, TEST_FOLDER)
-CHECKPOINT_NAMES = ("last.pth", "best.pth")  # utils.checkpoint.LAST and BEST
+CHECKPOINT_NAMES = (LAST, BEST)
 EPOCH_CHECKPOINT = re.compile(r"^(?P<model_name>.+)_epoch_\d+\.pth$")  # utils.checkpoint.epoch_checkpoint_name
 TEMPORARY_GLOB = ".*.pth.*.tmp"  # utils.checkpoint.save_checkpoint's temporary files
 
