@@ -39,7 +39,16 @@ from datasets.readers import evaluation_cases
 from utils.checkpoint import find_checkpoint
 from utils.cli import SWIN_CONFIG_FLAGS, HelpFormatter, add_ignored_flags, ignored_note
 from utils.config import lists_beside
-from utils.devices import AMP_DTYPES, CPU_BATCH_SIZE, DEVICES, GPU_BATCH_SIZE, Placement, leave_process_group, place_process
+from utils.devices import (
+    AMP_DTYPES,
+    CPU_BATCH_SIZE,
+    DEVICES,
+    GPU_BATCH_SIZE,
+    Placement,
+    keep_freed_memory,
+    leave_process_group,
+    place_process,
+)
 from utils.errors import UserError, os_error_line
 from utils.evaluation import Spacing, class_positions, parse_class_list, parse_spacing
 from utils.loader import DAEFORMER, load_network_class, parse_model_kwargs
@@ -155,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         run(args)
     except (UserError, DataError) as error:

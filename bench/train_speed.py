@@ -4,6 +4,7 @@
     python -m bench.train_speed --device cuda --batch_size 24 --variants fp32 bf16 bf16+compile
     python -m bench.train_speed --module networks.UNet.UNet --model_kwargs '{"base_channels": 8}' \
         --img_size 128 --variants fp32+nchw fp32                 # the demo's U-Net: what channels_last gives
+    python -m bench.train_speed --batch_size 24 --variants fp32+glibc fp32   # what reusing freed memory gives
 
 One step is ``utils.training.train_step``, the function train.py calls each iteration: forward
 (under autocast for an AMP variant), 0.4 * CE + 0.6 * Dice on random labels, backward (through
@@ -29,14 +30,16 @@ from bench.common import (
     run_in_fresh_process,
 )
 from utils import build_network, load_network_class, network_arguments, to_device
-from utils.devices import select_device
+from utils.devices import keep_freed_memory, select_device
 from utils.loader import DAEFORMER, parse_model_kwargs
 from utils.losses import CEDiceLoss
 from utils.training import build_optimizer, build_scheduler, train_step
 
 # precision, then optional "+compile" (torch.compile), "+ckpt" (activation checkpointing,
-# train.py's --use-checkpoint) and "+nchw" (the network placed with a plain .to(device), without
-# the channels_last layout utils.loader.to_device gives an opted-in network on a CPU)
+# train.py's --use-checkpoint), "+nchw" (the network placed with a plain .to(device), without
+# the channels_last layout utils.loader.to_device gives an opted-in network on a CPU) and
+# "+glibc" (host memory as glibc hands it out, without the reuse the scripts turn on with
+# utils.devices.keep_freed_memory)
 VARIANTS = (
     "fp32",
     "bf16",
@@ -47,6 +50,8 @@ VARIANTS = (
     "bf16+ckpt",
     "bf16+compile+ckpt",
     "fp32+nchw",
+    "fp32+glibc",
+    "bf16+glibc",
 )
 NUM_CLASSES = 9
 
@@ -58,6 +63,8 @@ def make_train_step(
     function train.py runs each iteration, on a fixed random batch."""
     amp, *options = variant.split("+")
     amp = "off" if amp == "fp32" else amp
+    if "glibc" not in options:
+        keep_freed_memory()  # as train.py does
     compiled = "compile" in options
     model = build_network(module, kwargs)
     model = (model.to(device) if "nchw" in options else to_device(model, device)).train()
