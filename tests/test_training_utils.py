@@ -55,6 +55,35 @@ def test_dice_loss_wrong_prediction_is_near_one_per_class():
     assert dice_loss(logits, target).item() == pytest.approx(2 / 3, abs=1e-5)
 
 
+def published_loss(logits, target, ce_weight=0.4, dice_weight=0.6):
+    """The reference's terms as it writes them: cross_entropy, and a softmax Dice against an
+    int64 one-hot, one class at a time."""
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    probs = logits.softmax(dim=1)
+    onehot = torch.nn.functional.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    per_class = []
+    for c in range(logits.shape[1]):
+        intersect = (probs[:, c] * onehot[:, c]).sum()
+        union = (probs[:, c] * probs[:, c]).sum() + (onehot[:, c] * onehot[:, c]).sum()
+        per_class.append(1 - (2 * intersect + 1e-5) / (union + 1e-5))
+    dice = sum(per_class) / logits.shape[1]
+    return ce_weight * ce + dice_weight * dice, ce, dice
+
+
+def test_the_loss_and_its_gradient_equal_the_published_formula():
+    generator = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 9, 20, 24, generator=generator)).requires_grad_()
+    target = torch.randint(0, 9, (3, 20, 24), generator=generator)
+    target[0] = 4  # one image of a single class
+    ours = CEDiceLoss(0.4, 0.6)(logits, target)
+    (grad,) = torch.autograd.grad(ours[0], logits)
+    theirs = published_loss(logits, target)
+    (expected,) = torch.autograd.grad(theirs[0], logits)
+    for a, b in zip(ours, theirs):
+        assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-10)
+
+
 def test_poly_schedule_equals_the_published_formula():
     base_lr, total = 0.05, 37
     params = [torch.nn.Parameter(torch.zeros(1))]

@@ -27,9 +27,14 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Returns:
         A scalar tensor.
     """
-    num_classes = logits.shape[1]
-    probs = logits.float().softmax(dim=1)
-    onehot = F.one_hot(target.long(), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    return _dice_of_probabilities(logits.float().softmax(dim=1), target)
+
+
+def _dice_of_probabilities(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``dice_loss`` from the softmax probabilities (B, C, H, W). The one-hot target stays a
+    boolean mask: an int64 one-hot of 24x9x224x224 is 87 MB, written and converted every step."""
+    classes = torch.arange(probs.shape[1], device=target.device).view(1, -1, 1, 1)
+    onehot = target.unsqueeze(1) == classes
     dims = (0, 2, 3)
     intersection = (probs * onehot).sum(dims)
     denominator = (probs * probs).sum(dims) + onehot.sum(dims)  # onehot^2 == onehot
@@ -37,7 +42,11 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class CEDiceLoss(nn.Module):
-    """``ce_weight * CrossEntropy + dice_weight * DiceLoss``; returns (total, ce, dice)."""
+    """``ce_weight * CrossEntropy + dice_weight * DiceLoss``; returns (total, ce, dice).
+
+    Both terms start from one log-softmax: the cross-entropy is its negative log-likelihood (what
+    ``F.cross_entropy`` computes) and the Dice term takes its exponential as the probabilities.
+    """
 
     def __init__(self, ce_weight: float = CE_WEIGHT, dice_weight: float = DICE_WEIGHT) -> None:
         super().__init__()
@@ -45,6 +54,7 @@ class CEDiceLoss(nn.Module):
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ce = F.cross_entropy(logits.float(), target.long())
-        dice = dice_loss(logits, target)
+        log_probs = logits.float().log_softmax(dim=1)
+        ce = F.nll_loss(log_probs, target.long())
+        dice = _dice_of_probabilities(log_probs.exp(), target)
         return self.ce_weight * ce + self.dice_weight * dice, ce, dice
