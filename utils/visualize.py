@@ -61,12 +61,13 @@ def overlay_rgb(rgb: np.ndarray, labels: np.ndarray, num_classes: int) -> np.nda
     Returns:
         (3, H, W) uint8 RGB.
     """
-    from torchvision.utils import draw_segmentation_masks  # torchvision loads slowly; only pictures need it
-
     image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    classes = torch.arange(1, num_classes).view(-1, 1, 1)
-    masks = torch.from_numpy(np.asarray(labels)).unsqueeze(0) == classes
-    return draw_segmentation_masks(image, masks, alpha=OVERLAY_ALPHA, colors=class_colours(num_classes)).numpy()
+    ids = torch.from_numpy(np.asarray(labels)).long()
+    coloured = (ids > 0) & (ids < num_classes)
+    palette = torch.tensor([(0, 0, 0), *class_colours(num_classes)], dtype=torch.uint8)
+    painted = torch.where(coloured, palette[ids.clamp(0, num_classes - 1)].permute(2, 0, 1), image)
+    # the blend of torchvision's draw_segmentation_masks, whose 1 s import a picture need not pay
+    return (image * (1 - OVERLAY_ALPHA) + painted * OVERLAY_ALPHA).to(torch.uint8).numpy()
 
 
 def panel(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, num_classes: int) -> np.ndarray:
