@@ -2,6 +2,9 @@
 
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -405,3 +408,15 @@ def test_the_phantoms_interpolation_weights_hold_no_subnormal():
     tiny = np.finfo(np.float32).tiny
     assert not ((weights != 0) & (np.abs(weights) < tiny)).any()
     np.testing.assert_allclose((weights.astype(np.float64) ** 2).sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_only_the_daeformer_recipe_loads_torchvision():
+    # torchvision's import takes about a second; --augment none or transunet does not pay it
+    code = (
+        "import sys; from datasets.augment import build_augmentation; "
+        "build_augmentation('none'); build_augmentation('transunet'); before = 'torchvision' in sys.modules; "
+        "build_augmentation('daeformer'); print(before, 'torchvision' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
