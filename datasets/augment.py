@@ -45,7 +45,6 @@ differently by torch every epoch, so they draw different augmentations, and one 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -183,24 +182,3 @@ def build_augmentation(
     if name == "none":
         return NoAugmentation()
     raise ValueError(f"--augment {name!r} is unknown; choose one of {', '.join(AUGMENTATIONS)}")
-
-
-# What datasets.daeformer_augment defines, reachable from here as before; it (and torchvision)
-# loads on the first use of one of these names.
-DAEFORMER_NAMES = (
-    "IMAGE_INTERPOLATION",
-    "RandomLinearContrast",
-    "RandomPiecewiseWarp",
-    "RandomScaleXY",
-    "SomeOf",
-    "TorchvisionPairAugmentation",
-    "daeformer_transforms",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in DAEFORMER_NAMES:
-        from datasets import daeformer_augment
-
-        return getattr(daeformer_augment, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

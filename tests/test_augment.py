@@ -18,14 +18,16 @@ from datasets.augment import (
     CONTRAST_RANGE,
     NOISE_STD,
     SCALE_RANGE,
+    TransUNetAugmentation,
+    blur_after_resize,
+    build_augmentation,
+)
+from datasets.daeformer_augment import (
     RandomLinearContrast,
     RandomPiecewiseWarp,
     RandomScaleXY,
     SomeOf,
     TorchvisionPairAugmentation,
-    TransUNetAugmentation,
-    blur_after_resize,
-    build_augmentation,
     daeformer_transforms,
 )
 from datasets.synthetic.synapse import _interpolation_weights as synthetic_interpolation_weights

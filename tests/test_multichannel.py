@@ -15,8 +15,9 @@ import SimpleITK as sitk
 import torch
 
 import train as train_script
-from datasets.augment import TorchvisionPairAugmentation, TransUNetAugmentation, daeformer_transforms
+from datasets.augment import TransUNetAugmentation
 from datasets.common import DataError
+from datasets.daeformer_augment import TorchvisionPairAugmentation, daeformer_transforms
 from datasets.prepare.nifti import convert, find_cases
 from datasets.preprocess import preprocess_batch
 from datasets.resize import zoom_images
