@@ -11,8 +11,8 @@ import os
 
 # Loader workers share the CPUs with this process. GNU OpenMP's idle threads spin 300,000 times
 # after every parallel region before they sleep, taking a core from a worker that needs it:
-# 10,000 spins cut the free-network run of docs/performance.md from 7.3 to 6.5 s and leave a
-# DAE-Former step alone. libgomp reads this once, as torch loads it, so before any torch import;
+# 10,000 spins cut the free-network run of docs/performance.md from 7.3-8.2 s to 6.5 s and leave
+# a DAE-Former step alone. libgomp reads this once, as torch loads it, so before any torch import;
 # a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
