@@ -22,6 +22,7 @@ classes, data set, input size) decides; a flag that contradicts it is an error n
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -310,4 +311,6 @@ def case_writer(args: argparse.Namespace, predictor: Predictor, save_dir: Path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    gc.freeze()  # the interpreter's last collections would walk torch's ~300,000 objects (0.4 s) for nothing
+    sys.exit(status)
