@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 # Loader workers share the CPUs with this process. GNU OpenMP's idle threads spin 300,000 times
-# after every parallel region before they sleep, taking a core from a worker that needs it:
-# 10,000 spins cut the free-network run of docs/performance.md from 7.3-8.2 s to 6.5 s and leave
-# a DAE-Former step alone. libgomp reads this once, as torch loads it, so before any torch import;
+# after every parallel region before they sleep, taking a core from a worker that needs it: with
+# 10,000 the free-network run of docs/performance.md takes 6.4 s instead of 7.0 s, and a DAE-Former
+# step as long as before. libgomp reads this once, as torch loads it, so before any torch import;
 # a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
