@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU demo, end to end on a fresh clone: install the requirements, write the phantom data
 # set, train a small U-Net with train.py, evaluate it with test.py (per-organ table at the end).
-# About 4 minutes on 2 CPU cores plus the install (README, Quick start). Override DATA, OUT or
+# About 2 minutes on 2 CPU cores plus the install (README, Quick start). Override DATA, OUT or
 # EPOCHS from the environment.
 set -euo pipefail
 cd "$(dirname "$0")"
