@@ -29,7 +29,6 @@ from utils.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
-    sha256,
     strip_wrapper_prefix,
 )
 from utils.config import AUTO, RunConfig, changed_settings
@@ -256,16 +255,16 @@ NAMES_SHOWN = 5
 
 @dataclass(frozen=True)
 class InitReport:
-    """What :func:`initialise_from` did: the source, its content hash, the tensors it loaded and
-    those it left freshly initialised because their shape differs (with both shapes)."""
+    """What :func:`initialise_from` did: the source, the tensors it loaded and those it left
+    freshly initialised because their shape differs (with both shapes)."""
 
     source: Path
-    sha256: str
     loaded: list[str]
     reinitialised: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
-    def log(self) -> None:
-        logger.info("--init %s (sha256 %s): loaded %d tensors", self.source, self.sha256[:12], len(self.loaded))
+    def log(self, digest: str) -> None:
+        """``digest``: the source's sha256, as the run's configuration recorded it."""
+        logger.info("--init %s (sha256 %s): loaded %d tensors", self.source, digest[:12], len(self.loaded))
         for name, (theirs, ours) in self.reinitialised.items():
             logger.info("--init: re-initialised %s: the checkpoint's shape %s, this network's %s", name, theirs, ours)
 
@@ -312,4 +311,4 @@ def initialise_from(model: torch.nn.Module, path: str | Path) -> InitReport:
             f"({'; '.join(problems)}); pass the --module and --model_kwargs it was trained with"
         )
     loaded = [name for name in own if name not in reinitialised]
-    return InitReport(path, sha256(path), loaded, reinitialised)
+    return InitReport(path, loaded, reinitialised)

@@ -342,7 +342,7 @@ def build_run(config: RunConfig, placement: Placement, stop: StopSignal) -> tupl
     info = dataset_info(config.dataset)
     model = build_model(config, info.channels, placement)
     if config.init is not None:
-        initialise_from(model, config.init).log()
+        initialise_from(model, config.init).log(config.init_sha256)
     evaluator = build_evaluator(info, config.num_classes, list(config.class_names), eval_settings(config, placement))
     train_set, eval_cases, eval_kind = training_data(config, info, placement)
     loader = build_loader(config, placement, train_set)
