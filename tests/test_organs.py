@@ -18,7 +18,7 @@ from datasets.synthetic.btcv import write_raw_btcv
 from tests.band_network import IntensityBands
 from tests.conftest import load_test_script
 from utils.errors import UserError
-from utils.evaluation import VolumeResult
+from utils.evaluation import ImageResult, VolumeResult
 from utils.metrics import metrics_for_classes
 
 PUBLISHED_NAMES = DATASETS["Synapse"].class_names
@@ -114,3 +114,12 @@ def test_select_keeps_the_per_class_scores_and_averages_over_the_chosen_classes(
     assert chosen.mean_dice == pytest.approx(np.mean(scores[:, [2, 0], 0]))
     with pytest.raises(UserError, match="no class 'd'"):
         result.select(["d"])
+
+
+def test_an_image_result_selects_its_classes_the_same_way():
+    # pixels of both images pooled: class a TP 2, FP 1, FN 1 -> Dice 4 / 6; class c TP 1, FN 3 -> Dice 2 / 5
+    counts = np.array([[[1, 1, 0, 6], [0, 0, 0, 8], [1, 0, 1, 6]], [[1, 0, 1, 6], [5, 0, 0, 3], [0, 0, 2, 6]]])
+    chosen = ImageResult(["a", "b", "c"], ["x", "y"], counts).select(["c", "a"])
+    assert chosen.class_names == ["c", "a"] and chosen.ids == [3, 1] and chosen.of_classes == 3
+    np.testing.assert_array_equal(chosen.counts, counts[:, [2, 0]])
+    assert chosen.means["dice"] == pytest.approx((2 / 5 + 4 / 6) / 2)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -223,9 +223,32 @@ def class_positions(class_names: Sequence[str], class_ids: Sequence[int], classe
     return positions
 
 
-def _reported(class_names: Sequence[str], class_ids: Sequence[int], of: int) -> dict:
-    """What metrics.json says about the classes its means are over."""
-    return {"ids": list(class_ids), "names": list(class_names), "of_classes": of}
+class _ClassSubset:
+    """What both results do with their classes: the network's ids of those they hold, the result
+    over some of them (``select``), and what metrics.json says of them. ``BY_CLASS`` names the
+    result's (cases, classes, ...) array, which ``select`` narrows to the chosen classes."""
+
+    BY_CLASS: ClassVar[str]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.class_ids if self.class_ids is not None else list(range(1, len(self.class_names) + 1))
+
+    def select(self, classes: Sequence[int | str]) -> Self:
+        """The result over ``classes`` only (names or ids, in that order): the per-class scores
+        are the same; the means are over these classes."""
+        positions = class_positions(self.class_names, self.ids, classes)
+        return replace(
+            self,
+            class_names=[self.class_names[p] for p in positions],
+            class_ids=[self.ids[p] for p in positions],
+            of_classes=self.of_classes or len(self.class_names),
+            **{self.BY_CLASS: getattr(self, self.BY_CLASS)[:, positions]},
+        )
+
+    def _reported(self) -> dict:
+        """What metrics.json says about the classes its means are over."""
+        return {"ids": self.ids, "names": list(self.class_names), "of_classes": self.of_classes or len(self.class_names)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +256,7 @@ def _reported(class_names: Sequence[str], class_ids: Sequence[int], of: int) -> 
 
 
 @dataclass
-class VolumeResult:
+class VolumeResult(_ClassSubset):
     """Scores of a set of volumes.
 
     Attributes:
@@ -255,22 +278,7 @@ class VolumeResult:
     example: dict = field(default_factory=dict, repr=False)
     class_ids: list[int] | None = None
     of_classes: int | None = None
-
-    @property
-    def ids(self) -> list[int]:
-        return self.class_ids if self.class_ids is not None else list(range(1, len(self.class_names) + 1))
-
-    def select(self, classes: Sequence[int | str]) -> VolumeResult:
-        """The result over ``classes`` only (names or ids, in that order): the per-class scores
-        are the same; the means are over these classes."""
-        positions = class_positions(self.class_names, self.ids, classes)
-        return replace(
-            self,
-            class_names=[self.class_names[p] for p in positions],
-            scores=self.scores[:, positions],
-            class_ids=[self.ids[p] for p in positions],
-            of_classes=self.of_classes or len(self.class_names),
-        )
+    BY_CLASS: ClassVar[str] = "scores"
 
     def _mean(self, values: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(values, axis=axis) if self.convention == "nan" else np.mean(values, axis=axis)
@@ -342,7 +350,7 @@ class VolumeResult:
         return {
             "convention": self.convention,
             "hd95_unit": self.unit,
-            "classes": _reported(self.class_names, self.ids, self.of_classes or len(self.class_names)),
+            "classes": self._reported(),
             "mean_dice": self.mean_dice,
             "mean_hd95": self.mean_hd95,
             "per_class": [
@@ -489,7 +497,7 @@ class VolumeEvaluator(_Evaluator):
 
 
 @dataclass
-class ImageResult:
+class ImageResult(_ClassSubset):
     """Pixel metrics of a set of 2D images (``utils.images``).
 
     Attributes:
@@ -507,21 +515,7 @@ class ImageResult:
     example: dict = field(default_factory=dict, repr=False)
     class_ids: list[int] | None = None
     of_classes: int | None = None
-
-    @property
-    def ids(self) -> list[int]:
-        return self.class_ids if self.class_ids is not None else list(range(1, len(self.class_names) + 1))
-
-    def select(self, classes: Sequence[int | str]) -> ImageResult:
-        """The result over ``classes`` only (names or ids, in that order); the means are over them."""
-        positions = class_positions(self.class_names, self.ids, classes)
-        return replace(
-            self,
-            class_names=[self.class_names[p] for p in positions],
-            counts=self.counts[:, positions],
-            class_ids=[self.ids[p] for p in positions],
-            of_classes=self.of_classes or len(self.class_names),
-        )
+    BY_CLASS: ClassVar[str] = "counts"
 
     @property
     def pooled(self) -> np.ndarray:
@@ -562,7 +556,7 @@ class ImageResult:
         totals = self.counts.sum(axis=0)
         return {
             "pooling": "pixels of all images",
-            "classes": _reported(self.class_names, self.ids, self.of_classes or len(self.class_names)),
+            "classes": self._reported(),
             **self.means,
             "per_class": [
                 {
