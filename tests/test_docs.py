@@ -33,7 +33,7 @@ from utils.predictor import Predictor
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SCRIPTS = ("train.py", "test.py")
 # Modules of other projects a command may run (the test command, the install): they must exist.
-EXTERNAL = ("pip", "pytest")
+EXTERNAL = ("pip", "pytest", "timeit")
 PROGRAMS = ("python", "python3", "torchrun", "bash")
 WRAPPERS = ("srun", "time")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
